@@ -1,0 +1,144 @@
+//! The config file as written: every key the schema knows, with the span of
+//! each value so validation can point at `file:line:col`.
+
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use std::collections::BTreeMap;
+use std::fmt;
+use toml::Spanned;
+
+pub type Named<T> = BTreeMap<Spanned<String>, Spanned<T>>;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub mount: RawMount,
+    pub audit: Option<RawAudit>,
+    #[serde(default)]
+    pub registries: Named<RawRegistry>,
+    #[serde(default)]
+    pub stores: Named<RawStore>,
+    #[serde(default)]
+    pub secrets: Named<BTreeMap<Spanned<String>, Spanned<RawSecret>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    pub path: Option<Spanned<String>>,
+    pub allow_other: Option<bool>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub file_mode: Option<Spanned<String>>,
+    pub dir_mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    pub provider: Spanned<String>,
+    pub registry: Option<Spanned<String>>,
+    // ecr
+    pub region: Option<Spanned<String>>,
+    pub registry_id: Option<Spanned<String>>,
+    pub profile: Option<Spanned<String>>,
+    pub endpoint_url: Option<Spanned<String>>,
+    // static
+    pub username: Option<Spanned<RawSecret>>,
+    pub password: Option<Spanned<RawSecret>>,
+    // helper
+    pub command: Option<Spanned<Vec<String>>>,
+    pub protocol: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub ttl: Option<Spanned<String>>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub provider: Spanned<String>,
+    pub buckets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub read_only: Option<bool>,
+    pub max_object_size: Option<Spanned<String>>,
+    // filesystem
+    pub root: Option<Spanned<String>>,
+    pub sync: Option<Spanned<bool>>,
+    // s3
+    pub endpoint_url: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub region: Option<Spanned<String>>,
+    pub access_key_id: Option<Spanned<RawSecret>>,
+    pub secret_access_key: Option<Spanned<RawSecret>>,
+    pub access_key: Option<Spanned<RawSecret>>,
+    pub profile: Option<Spanned<String>>,
+    pub force_path_style: Option<Spanned<bool>>,
+    pub prefix: Option<Spanned<String>>,
+    pub part_size: Option<Spanned<String>>,
+    pub checksums: Option<Spanned<String>>,
+    // azure
+    pub connection_string: Option<Spanned<RawSecret>>,
+    pub account: Option<Spanned<String>>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: Option<Spanned<String>>,
+}
+
+/// A secret value: a literal string, `{ file = PATH }` or `{ env = NAME }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawSecret {
+    Literal(String),
+    File(String),
+    Env(String),
+}
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawSecretVisitor)
+    }
+}
+
+struct RawSecretVisitor;
+
+impl<'de> Visitor<'de> for RawSecretVisitor {
+    type Value = RawSecret;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, { file = \"PATH\" } or { env = \"NAME\" }")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<RawSecret, E> {
+        Ok(RawSecret::Literal(value.to_owned()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecret, A::Error> {
+        let mut found: Option<RawSecret> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let value: String = map.next_value()?;
+            let source = match key.as_str() {
+                "file" => RawSecret::File(value),
+                "env" => RawSecret::Env(value),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown key `{other}` in a secret value, expected `file` or `env`"
+                    )));
+                }
+            };
+            if found.replace(source).is_some() {
+                return Err(de::Error::custom(
+                    "a secret value takes exactly one of `file` or `env`",
+                ));
+            }
+        }
+        found.ok_or_else(|| de::Error::custom("a secret value needs `file` or `env`"))
+    }
+}

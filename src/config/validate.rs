@@ -1,0 +1,831 @@
+//! Turns the raw TOML into a `Config`, collecting every problem with its
+//! `file:line:col` instead of stopping at the first.
+
+use super::raw::{RawConfig, RawRegistry, RawSecret, RawStore};
+use super::values::{check_name, parse_duration, parse_mode, parse_size};
+use super::*;
+use std::fmt;
+use std::fs;
+use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use toml::Spanned;
+
+const DEFAULT_PART_SIZE: u64 = 8 << 20;
+const MIN_PART_SIZE: u64 = 5 << 20;
+const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HELPER_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in one config file, in file order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads, checks and resolves the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let whole_file = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message,
+        }])
+    };
+    let metadata =
+        fs::metadata(path).map_err(|e| whole_file(format!("cannot read config: {e}")))?;
+    check_ownership(path, &metadata).map_err(whole_file)?;
+    let text =
+        fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read config: {e}")))?;
+    parse(path, &text)
+}
+
+/// A config can name a helper program the daemon runs, so only its owner may
+/// change it.
+fn check_ownership(path: &Path, metadata: &fs::Metadata) -> Result<(), String> {
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "config file is group- or world-writable (mode {mode:04o}); it can name programs credfs runs: chmod go-w {}",
+            path.display()
+        ));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if metadata.uid() != euid {
+        return Err(format!(
+            "config file is owned by uid {}, not by the daemon's uid {euid}; it can name programs credfs runs",
+            metadata.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and validates config text; `path` names it in errors and anchors
+/// relative `{ file = … }` paths.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let mut checker = Checker {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            checker.error(&span, e.message().trim_end().to_string());
+            return Err(ConfigErrors(checker.errors));
+        }
+    };
+    let config = checker.config(raw);
+    if checker.errors.is_empty() {
+        Ok(config)
+    } else {
+        checker.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(checker.errors))
+    }
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        self.errors.push(ConfigError {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn check<T>(&mut self, span: &Range<usize>, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.error(span, message)).ok()
+    }
+
+    fn mode(&mut self, value: &Option<Spanned<String>>) -> Option<u32> {
+        let value = value.as_ref()?;
+        self.check(&value.span(), parse_mode(value.get_ref()))
+    }
+
+    fn name(&mut self, what: &str, name: &Spanned<String>) {
+        let result = check_name(what, name.get_ref());
+        self.check(&name.span(), result);
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let mount = MountConfig {
+            path: raw.mount.path.map(|p| PathBuf::from(p.into_inner())),
+            allow_other: raw.mount.allow_other.unwrap_or(false),
+            uid: raw.mount.uid.unwrap_or(0),
+            gid: raw.mount.gid.unwrap_or(0),
+            file_mode: self.mode(&raw.mount.file_mode).unwrap_or(0o400),
+            dir_mode: self.mode(&raw.mount.dir_mode).unwrap_or(0o500),
+        };
+        let audit = raw.audit.map(|a| AuditConfig {
+            path: PathBuf::from(a.path.into_inner()),
+        });
+        let mut registries = BTreeMap::new();
+        for (name, registry) in raw.registries {
+            self.name("registry", &name);
+            if let Some(registry) = self.registry(registry) {
+                registries.insert(name.into_inner(), registry);
+            }
+        }
+        let mut stores = BTreeMap::new();
+        let mut bucket_owner: BTreeMap<String, String> = BTreeMap::new();
+        for (name, store) in raw.stores {
+            self.name("store", &name);
+            if let Some(store) = self.store(store, name.get_ref(), &mut bucket_owner) {
+                stores.insert(name.into_inner(), store);
+            }
+        }
+        let mut secrets = BTreeMap::new();
+        for (group, keys) in raw.secrets {
+            self.name("secret group", &group);
+            let mut values = BTreeMap::new();
+            for (key, value) in keys.into_inner() {
+                self.name("secret", &key);
+                if let Some(secret) = self.secret(&value) {
+                    values.insert(key.into_inner(), secret);
+                }
+            }
+            secrets.insert(group.into_inner(), values);
+        }
+        Config {
+            path: self.path.to_path_buf(),
+            mount,
+            audit,
+            registries,
+            stores,
+            secrets,
+        }
+    }
+
+    fn secret(&mut self, value: &Spanned<RawSecret>) -> Option<Secret> {
+        let span = value.span();
+        match value.get_ref() {
+            RawSecret::Literal(text) => Some(Secret::from(text.clone())),
+            RawSecret::Env(name) => match std::env::var_os(name) {
+                Some(v) => Some(Secret::new(v.into_encoded_bytes())),
+                None => {
+                    self.error(&span, format!("environment variable `{name}` is not set"));
+                    None
+                }
+            },
+            RawSecret::File(file) => {
+                let base = self.path.parent().unwrap_or(Path::new("/"));
+                match fs::read(base.join(file)) {
+                    Ok(bytes) => Some(Secret::new(strip_one_newline(bytes))),
+                    Err(e) => {
+                        self.error(&span, format!("cannot read secret file `{file}`: {e}"));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn required<'v, T>(
+        &mut self,
+        table: &Range<usize>,
+        key: &str,
+        value: &'v Option<Spanned<T>>,
+    ) -> Option<&'v Spanned<T>> {
+        if value.is_none() {
+            self.error(table, format!("missing field `{key}`"));
+        }
+        value.as_ref()
+    }
+
+    fn registry_host(&mut self, value: &Spanned<String>) -> Option<String> {
+        let host = value.get_ref();
+        if host.is_empty() || host.contains("://") || host.contains(char::is_whitespace) {
+            self.error(
+                &value.span(),
+                format!("invalid registry `{host}`: expected host[:port][/path] without a scheme"),
+            );
+            return None;
+        }
+        Some(host.trim_end_matches('/').to_string())
+    }
+
+    /// Reports keys the provider does not use, so a typo or a key meant for
+    /// another provider is not silently ignored.
+    fn only_keys(
+        &mut self,
+        provider: &str,
+        present: &[(&str, Option<Range<usize>>)],
+        allowed: &[&str],
+    ) {
+        for (key, span) in present {
+            if let Some(span) = span
+                && !allowed.contains(key)
+            {
+                self.error(
+                    span,
+                    format!("key `{key}` is not valid for provider `{provider}`"),
+                );
+            }
+        }
+    }
+
+    fn registry(&mut self, entry: Spanned<RawRegistry>) -> Option<RegistryConfig> {
+        let table = entry.span();
+        let raw = entry.into_inner();
+        let present = [
+            ("registry", raw.registry.as_ref().map(Spanned::span)),
+            ("region", raw.region.as_ref().map(Spanned::span)),
+            ("registry_id", raw.registry_id.as_ref().map(Spanned::span)),
+            ("profile", raw.profile.as_ref().map(Spanned::span)),
+            ("endpoint_url", raw.endpoint_url.as_ref().map(Spanned::span)),
+            ("username", raw.username.as_ref().map(Spanned::span)),
+            ("password", raw.password.as_ref().map(Spanned::span)),
+            ("command", raw.command.as_ref().map(Spanned::span)),
+            ("protocol", raw.protocol.as_ref().map(Spanned::span)),
+            ("timeout", raw.timeout.as_ref().map(Spanned::span)),
+            ("ttl", raw.ttl.as_ref().map(Spanned::span)),
+        ];
+        let access = Access {
+            uid: raw.uid,
+            gid: raw.gid,
+            mode: self.mode(&raw.mode),
+        };
+        let provider_name = raw.provider.get_ref().as_str();
+        let provider = match provider_name {
+            "ecr" => {
+                self.only_keys(
+                    provider_name,
+                    &present,
+                    &["region", "registry_id", "profile", "endpoint_url"],
+                );
+                let region = self.required(&table, "region", &raw.region);
+                RegistryProviderConfig::Ecr {
+                    region: region?.get_ref().clone(),
+                    registry_id: raw.registry_id.map(Spanned::into_inner),
+                    profile: raw.profile.map(Spanned::into_inner),
+                    endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
+                }
+            }
+            "static" => {
+                self.only_keys(
+                    provider_name,
+                    &present,
+                    &["registry", "username", "password"],
+                );
+                let registry = self.required(&table, "registry", &raw.registry);
+                let registry = registry.and_then(|r| self.registry_host(r));
+                let username = self.required(&table, "username", &raw.username);
+                let username = username.and_then(|u| self.secret(u));
+                let password = self.required(&table, "password", &raw.password);
+                let password = password.and_then(|p| self.secret(p));
+                RegistryProviderConfig::Static {
+                    registry: registry?,
+                    username: username?,
+                    password: password?,
+                }
+            }
+            "helper" => {
+                self.only_keys(
+                    provider_name,
+                    &present,
+                    &["registry", "command", "protocol", "timeout", "ttl"],
+                );
+                let registry = self.required(&table, "registry", &raw.registry);
+                let registry = registry.and_then(|r| self.registry_host(r));
+                let command = self.required(&table, "command", &raw.command).cloned();
+                let command = command.and_then(|c| self.helper_command(c));
+                let protocol = match raw.protocol.as_ref() {
+                    None => Some(HelperProtocol::ThinEdge),
+                    Some(p) => match p.get_ref().as_str() {
+                        "thin-edge" => Some(HelperProtocol::ThinEdge),
+                        "docker" => Some(HelperProtocol::Docker),
+                        other => {
+                            self.error(&p.span(), format!("unknown helper protocol `{other}`, expected `thin-edge` or `docker`"));
+                            None
+                        }
+                    },
+                };
+                let timeout = self.duration(&raw.timeout, DEFAULT_HELPER_TIMEOUT);
+                let ttl = self.duration(&raw.ttl, DEFAULT_HELPER_TTL);
+                RegistryProviderConfig::Helper {
+                    registry: registry?,
+                    command: command?,
+                    protocol: protocol?,
+                    timeout: timeout?,
+                    ttl: ttl?,
+                }
+            }
+            "none" => {
+                self.only_keys(provider_name, &present, &["registry"]);
+                let registry = self.required(&table, "registry", &raw.registry);
+                RegistryProviderConfig::None {
+                    registry: registry.and_then(|r| self.registry_host(r))?,
+                }
+            }
+            other => {
+                self.error(
+                    &raw.provider.span(),
+                    format!("unknown registry provider `{other}`, expected one of: ecr, static, helper, none"),
+                );
+                return None;
+            }
+        };
+        Some(RegistryConfig { access, provider })
+    }
+
+    fn helper_command(&mut self, command: Spanned<Vec<String>>) -> Option<Vec<String>> {
+        match command.get_ref().first() {
+            Some(program) if Path::new(program).is_absolute() => Some(command.into_inner()),
+            Some(program) => {
+                self.error(
+                    &command.span(),
+                    format!("helper program `{program}` must be an absolute path"),
+                );
+                None
+            }
+            None => {
+                self.error(&command.span(), "helper command is empty");
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Option<Duration> {
+        match value {
+            None => Some(default),
+            Some(v) => self.check(&v.span(), parse_duration(v.get_ref())),
+        }
+    }
+
+    fn size(&mut self, value: &Option<Spanned<String>>) -> Option<Option<u64>> {
+        match value {
+            None => Some(None),
+            Some(v) => self.check(&v.span(), parse_size(v.get_ref())).map(Some),
+        }
+    }
+
+    fn optional_secret(&mut self, value: &Option<Spanned<RawSecret>>) -> Option<Option<Secret>> {
+        match value {
+            None => Some(None),
+            Some(v) => self.secret(v).map(Some),
+        }
+    }
+
+    fn store(
+        &mut self,
+        entry: Spanned<RawStore>,
+        store_name: &str,
+        bucket_owner: &mut BTreeMap<String, String>,
+    ) -> Option<StoreConfig> {
+        let table = entry.span();
+        let raw = entry.into_inner();
+        let present = [
+            ("root", raw.root.as_ref().map(Spanned::span)),
+            ("sync", raw.sync.as_ref().map(Spanned::span)),
+            ("endpoint_url", raw.endpoint_url.as_ref().map(Spanned::span)),
+            ("endpoint", raw.endpoint.as_ref().map(Spanned::span)),
+            ("region", raw.region.as_ref().map(Spanned::span)),
+            (
+                "access_key_id",
+                raw.access_key_id.as_ref().map(Spanned::span),
+            ),
+            (
+                "secret_access_key",
+                raw.secret_access_key.as_ref().map(Spanned::span),
+            ),
+            ("access_key", raw.access_key.as_ref().map(Spanned::span)),
+            ("profile", raw.profile.as_ref().map(Spanned::span)),
+            (
+                "force_path_style",
+                raw.force_path_style.as_ref().map(Spanned::span),
+            ),
+            ("prefix", raw.prefix.as_ref().map(Spanned::span)),
+            ("part_size", raw.part_size.as_ref().map(Spanned::span)),
+            ("checksums", raw.checksums.as_ref().map(Spanned::span)),
+            (
+                "connection_string",
+                raw.connection_string.as_ref().map(Spanned::span),
+            ),
+            ("account", raw.account.as_ref().map(Spanned::span)),
+        ];
+        let mut buckets: Vec<Spanned<String>> = raw
+            .buckets
+            .as_ref()
+            .map(|b| b.get_ref().clone())
+            .unwrap_or_default();
+        let endpoint = raw.endpoint.as_ref().and_then(|e| {
+            let parsed = parse_endpoint(e.get_ref());
+            self.check(&e.span(), parsed)
+                .map(|parsed| (parsed, e.span()))
+        });
+        if let Some((parsed, span)) = &endpoint {
+            buckets.push(Spanned::new(span.clone(), parsed.bucket.clone()));
+        }
+        if buckets.is_empty() {
+            self.error(&table, "missing field `buckets`");
+        }
+        for bucket in &buckets {
+            self.name("bucket", bucket);
+            let name = bucket.get_ref().clone();
+            if let Some(owner) = bucket_owner.get(&name) {
+                self.error(
+                    &bucket.span(),
+                    format!("duplicate bucket `{name}`: already served by store `{owner}`"),
+                );
+            } else {
+                bucket_owner.insert(name, store_name.to_string());
+            }
+        }
+        let access = Access {
+            uid: raw.uid,
+            gid: raw.gid,
+            mode: self.mode(&raw.mode),
+        };
+        let max_object_size = self.size(&raw.max_object_size);
+        let provider_name = raw.provider.get_ref().as_str();
+        let provider = match provider_name {
+            "filesystem" => {
+                self.only_keys(provider_name, &present, &["root", "sync"]);
+                let root = self.required(&table, "root", &raw.root);
+                let root = root.and_then(|r| {
+                    let path = PathBuf::from(r.get_ref());
+                    let result = if path.is_absolute() {
+                        Ok(path)
+                    } else {
+                        Err(format!(
+                            "store root `{}` must be an absolute path",
+                            r.get_ref()
+                        ))
+                    };
+                    self.check(&r.span(), result)
+                });
+                StoreProviderConfig::Filesystem {
+                    root: root?,
+                    sync: raw.sync.map(Spanned::into_inner).unwrap_or(true),
+                }
+            }
+            "s3" => {
+                self.only_keys(
+                    provider_name,
+                    &present,
+                    &[
+                        "endpoint_url",
+                        "endpoint",
+                        "region",
+                        "access_key_id",
+                        "secret_access_key",
+                        "access_key",
+                        "profile",
+                        "force_path_style",
+                        "prefix",
+                        "part_size",
+                        "checksums",
+                    ],
+                );
+                if let Some((parsed, span)) = &endpoint
+                    && parsed.scheme == "azure"
+                {
+                    self.error(span, "an azure:// endpoint needs provider = \"azure\"");
+                }
+                let part_size = match &raw.part_size {
+                    None => Some(DEFAULT_PART_SIZE),
+                    Some(v) => {
+                        let size = parse_size(v.get_ref()).and_then(|s| {
+                            if s >= MIN_PART_SIZE {
+                                Ok(s)
+                            } else {
+                                Err(format!("part_size `{}` is below the 5MiB minimum of S3 multipart uploads", v.get_ref()))
+                            }
+                        });
+                        self.check(&v.span(), size)
+                    }
+                };
+                let checksums = match &raw.checksums {
+                    None => Some(false),
+                    Some(v) => match v.get_ref().as_str() {
+                        "when_required" => Some(false),
+                        "when_supported" => Some(true),
+                        other => {
+                            self.error(&v.span(), format!("unknown checksums `{other}`, expected `when_required` or `when_supported`"));
+                            None
+                        }
+                    },
+                };
+                let access_key_id = self.optional_secret(&raw.access_key_id);
+                let secret = raw
+                    .secret_access_key
+                    .as_ref()
+                    .or(raw.access_key.as_ref())
+                    .cloned();
+                let secret_access_key = self.optional_secret(&secret);
+                let endpoint_url = raw
+                    .endpoint_url
+                    .map(Spanned::into_inner)
+                    .or_else(|| endpoint.as_ref().and_then(|(p, _)| p.endpoint_url.clone()));
+                StoreProviderConfig::S3 {
+                    endpoint_url,
+                    region: raw.region.map(Spanned::into_inner),
+                    access_key_id: access_key_id?,
+                    secret_access_key: secret_access_key?,
+                    profile: raw.profile.map(Spanned::into_inner),
+                    force_path_style: raw
+                        .force_path_style
+                        .map(Spanned::into_inner)
+                        .unwrap_or(false),
+                    prefix: raw.prefix.map(Spanned::into_inner).unwrap_or_default(),
+                    part_size: part_size?,
+                    checksums: checksums?,
+                }
+            }
+            "azure" => {
+                self.only_keys(
+                    provider_name,
+                    &present,
+                    &[
+                        "connection_string",
+                        "account",
+                        "access_key",
+                        "endpoint_url",
+                        "endpoint",
+                        "prefix",
+                    ],
+                );
+                let account = raw
+                    .account
+                    .map(Spanned::into_inner)
+                    .or_else(|| endpoint.as_ref().and_then(|(p, _)| p.account.clone()));
+                if raw.connection_string.is_none()
+                    && (account.is_none() || raw.access_key.is_none())
+                {
+                    self.error(
+                        &table,
+                        "an azure store needs `connection_string`, or `account` and `access_key`",
+                    );
+                }
+                let connection_string = self.optional_secret(&raw.connection_string);
+                let access_key = self.optional_secret(&raw.access_key);
+                StoreProviderConfig::Azure {
+                    connection_string: connection_string?,
+                    account,
+                    access_key: access_key?,
+                    endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
+                    prefix: raw.prefix.map(Spanned::into_inner).unwrap_or_default(),
+                }
+            }
+            other => {
+                self.error(
+                    &raw.provider.span(),
+                    format!(
+                        "unknown store provider `{other}`, expected one of: filesystem, s3, azure"
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(StoreConfig {
+            buckets: buckets.into_iter().map(Spanned::into_inner).collect(),
+            read_only: raw.read_only.unwrap_or(false),
+            max_object_size: max_object_size?,
+            access,
+            provider,
+        })
+    }
+}
+
+/// An OSMO-style data endpoint: `s3://bucket`, `gs://bucket`,
+/// `tos://host/bucket`, `azure://account/container`.
+struct Endpoint {
+    scheme: String,
+    bucket: String,
+    endpoint_url: Option<String>,
+    account: Option<String>,
+}
+
+fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    let invalid = || {
+        format!(
+            "invalid endpoint `{text}`, expected s3://bucket, gs://bucket, tos://host/bucket or azure://account/container"
+        )
+    };
+    let (scheme, rest) = text.split_once("://").ok_or_else(invalid)?;
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let endpoint = |bucket: &str, url: Option<String>, account: Option<String>| Endpoint {
+        scheme: scheme.to_string(),
+        bucket: bucket.to_string(),
+        endpoint_url: url,
+        account,
+    };
+    match (scheme, parts.as_slice()) {
+        ("s3", [bucket]) if !bucket.is_empty() => Ok(endpoint(bucket, None, None)),
+        ("gs", [bucket]) if !bucket.is_empty() => Ok(endpoint(
+            bucket,
+            Some("https://storage.googleapis.com".to_string()),
+            None,
+        )),
+        ("tos", [host, bucket]) if !host.is_empty() && !bucket.is_empty() => {
+            Ok(endpoint(bucket, Some(format!("https://{host}")), None))
+        }
+        ("azure", [account, container]) if !account.is_empty() && !container.is_empty() => {
+            Ok(endpoint(container, None, Some(account.to_string())))
+        }
+        _ => Err(invalid()),
+    }
+}
+
+fn strip_one_newline(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    } else if bytes.ends_with(b"\n") {
+        bytes.truncate(bytes.len() - 1);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(Path::new("c.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let text = r#"
+[mount]
+path = "/run/credfs"
+file_mode = "0440"
+[registries.ecr]
+provider = "ecr"
+region = "us-east-1"
+[registries.hub]
+provider = "static"
+registry = "docker.io"
+username = "u"
+password = "p"
+mode = "0440"
+gid = 1000
+[registries.gh]
+provider = "helper"
+registry = "ghcr.io/org"
+command = ["/usr/bin/registry-credentials", "get", "ghcr.io/org/app"]
+timeout = "5s"
+[registries.local]
+provider = "none"
+registry = "localhost:5000"
+[stores.minio]
+provider = "s3"
+endpoint_url = "http://127.0.0.1:9000"
+access_key_id = "a"
+secret_access_key = "s"
+buckets = ["b1"]
+[stores.osmo]
+provider = "s3"
+endpoint = "tos://tos.example.com/b3"
+[stores.disk]
+provider = "filesystem"
+root = "/srv"
+buckets = ["b2"]
+max_object_size = "1GiB"
+[stores.az]
+provider = "azure"
+endpoint = "azure://acct/cont"
+access_key = "k"
+[secrets.wandb]
+key = "v"
+"#;
+        let config = parse(Path::new("c.toml"), text).expect("valid");
+        assert_eq!(config.mount.file_mode, 0o440);
+        assert_eq!(config.registries.len(), 4);
+        assert_eq!(config.registries["hub"].access.mode, Some(0o440));
+        assert_eq!(config.stores["disk"].max_object_size, Some(1 << 30));
+        assert_eq!(config.stores["osmo"].buckets, vec!["b3".to_string()]);
+        assert_eq!(config.stores["az"].buckets, vec!["cont".to_string()]);
+        assert_eq!(config.secrets["wandb"]["key"].expose(), b"v");
+    }
+
+    #[test]
+    fn errors_point_at_line_and_column() {
+        assert_eq!(
+            errors("[registries.x]\nprovider = \"magic\"\n"),
+            [
+                "c.toml:2:12: unknown registry provider `magic`, expected one of: ecr, static, helper, none"
+            ]
+        );
+        let unknown = errors("[mount]\npath = \"/x\"\nfrobnicate = 1\n");
+        assert!(
+            unknown[0].starts_with("c.toml:3:1: unknown field `frobnicate`"),
+            "{unknown:?}"
+        );
+        let missing =
+            errors("[registries.x]\nprovider = \"static\"\nregistry = \"r\"\nusername = \"u\"\n");
+        assert_eq!(missing, ["c.toml:1:1: missing field `password`"]);
+    }
+
+    #[test]
+    fn keys_of_another_provider_are_refused() {
+        let e = errors(
+            "[registries.x]\nprovider = \"none\"\nregistry = \"r\"\ncommand = [\"/bin/true\"]\n",
+        );
+        assert_eq!(
+            e,
+            ["c.toml:4:11: key `command` is not valid for provider `none`"]
+        );
+    }
+
+    #[test]
+    fn duplicate_buckets_and_bad_names_are_refused() {
+        let e = errors(
+            "[stores.a]\nprovider = \"filesystem\"\nroot = \"/a\"\nbuckets = [\"b\"]\n\
+             [stores.c]\nprovider = \"filesystem\"\nroot = \"/c\"\nbuckets = [\"b\", \"no/slash\"]\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("c.toml:8:12: duplicate bucket `b`"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("c.toml:8:17: invalid bucket name `no/slash`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn missing_secret_sources_are_refused() {
+        let e = errors(
+            "[secrets.g]\na = { file = \"/nonexistent/credfs-secret\" }\nb = { env = \"CREDFS_TEST_UNSET_VAR\" }\nc = { path = \"x\" }\n",
+        );
+        assert_eq!(e.len(), 1, "a parse error stops at the first: {e:?}");
+        assert!(
+            e[0].contains("unknown key `path` in a secret value"),
+            "{e:?}"
+        );
+        let e = errors(
+            "[secrets.g]\na = { file = \"/nonexistent/credfs-secret\" }\nb = { env = \"CREDFS_TEST_UNSET_VAR\" }\n",
+        );
+        assert!(
+            e[0].starts_with("c.toml:2:5: cannot read secret file `/nonexistent/credfs-secret`"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e[1],
+            "c.toml:3:5: environment variable `CREDFS_TEST_UNSET_VAR` is not set"
+        );
+    }
+
+    #[test]
+    fn secret_files_lose_one_trailing_newline() {
+        assert_eq!(strip_one_newline(b"tok\r\n".to_vec()), b"tok");
+        assert_eq!(strip_one_newline(b"tok\n\n".to_vec()), b"tok\n");
+        assert_eq!(strip_one_newline(b"tok".to_vec()), b"tok");
+    }
+
+    #[test]
+    fn helper_programs_need_absolute_paths() {
+        let e = errors(
+            "[registries.h]\nprovider = \"helper\"\nregistry = \"r\"\ncommand = [\"helper\"]\n",
+        );
+        assert_eq!(
+            e,
+            ["c.toml:4:11: helper program `helper` must be an absolute path"]
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The one error type of credfs: every failure carries the errno a filesystem
+//! caller sees, and a message that is safe to log (never a secret).
+
+use std::fmt;
+use std::io;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    InvalidInput,
+    TooBig,
+    ReadOnly,
+    PermissionDenied,
+    NotPermitted,
+    CrossDevice,
+    Busy,
+    NotADirectory,
+    IsADirectory,
+    NotSupported,
+    /// The provider (registry, object store, helper) failed.
+    Provider,
+}
+
+impl ErrorKind {
+    pub fn errno(self) -> i32 {
+        match self {
+            ErrorKind::NotFound => libc::ENOENT,
+            ErrorKind::AlreadyExists => libc::EEXIST,
+            ErrorKind::InvalidInput => libc::EINVAL,
+            ErrorKind::TooBig => libc::EFBIG,
+            ErrorKind::ReadOnly => libc::EROFS,
+            ErrorKind::PermissionDenied => libc::EACCES,
+            ErrorKind::NotPermitted => libc::EPERM,
+            ErrorKind::CrossDevice => libc::EXDEV,
+            ErrorKind::Busy => libc::EBUSY,
+            ErrorKind::NotADirectory => libc::ENOTDIR,
+            ErrorKind::IsADirectory => libc::EISDIR,
+            ErrorKind::NotSupported => libc::EOPNOTSUPP,
+            ErrorKind::Provider => libc::EIO,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn errno(&self) -> i32 {
+        self.kind.errno()
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    pub fn provider(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Provider, message)
+    }
+
+    pub fn read_only(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ReadOnly, message)
+    }
+
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+
+    /// Wraps an I/O error from a provider's backend, keeping the errno that
+    /// matters to a caller (missing, denied) and mapping the rest to EIO.
+    pub fn from_io(context: impl fmt::Display, err: &io::Error) -> Self {
+        let kind = match err.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            _ if err.raw_os_error() == Some(libc::EFBIG) => ErrorKind::TooBig,
+            _ if err.raw_os_error() == Some(libc::EROFS) => ErrorKind::ReadOnly,
+            _ => ErrorKind::Provider,
+        };
+        Self::new(kind, format!("{context}: {err}"))
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_the_errno_callers_act_on() {
+        let missing = io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(Error::from_io("x", &missing).errno(), libc::ENOENT);
+        let full = io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(Error::from_io("x", &full).errno(), libc::EIO);
+        assert_eq!(
+            Error::from_io("ctx", &full).message(),
+            format!("ctx: {full}")
+        );
+    }
+}
