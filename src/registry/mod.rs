@@ -1,0 +1,58 @@
+//! Container-registry credentials: providers behind `RegistryProvider`, one
+//! file each, and the files every registry directory shows.
+
+mod cache;
+mod files;
+mod none;
+mod static_secret;
+mod unavailable;
+
+pub use cache::CachedRegistry;
+pub use files::{RegistryFile, docker_config_json, render};
+
+use crate::config::RegistryProviderConfig;
+use crate::error::Result;
+use crate::secret::Secret;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One credential as a provider returned it.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    /// host[:port][/path] the credential is for.
+    pub registry: String,
+    pub username: Secret,
+    pub password: Secret,
+    /// What `token` shows: the provider's own token (ECR: the base64
+    /// authorizationToken), else the password.
+    pub token: Secret,
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Credential {
+    pub fn has_secret(&self) -> bool {
+        !self.username.is_empty() || !self.password.is_empty()
+    }
+}
+
+#[async_trait]
+pub trait RegistryProvider: Send + Sync {
+    async fn fetch(&self) -> Result<Credential>;
+}
+
+pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider> {
+    match config {
+        RegistryProviderConfig::Static {
+            registry,
+            username,
+            password,
+        } => Arc::new(static_secret::StaticProvider::new(
+            registry, username, password,
+        )),
+        RegistryProviderConfig::None { registry } => Arc::new(none::NoneProvider::new(registry)),
+        RegistryProviderConfig::Ecr { .. } | RegistryProviderConfig::Helper { .. } => {
+            Arc::new(unavailable::Unavailable::new(config.kind()))
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Project archives in object storage: stores behind `ProjectStore`, one file
+//! each. A store knows buckets and `<name>.zip` objects; checking archives
+//! and the staging rules live in `crate::upload`.
+
+mod filesystem;
+mod unavailable;
+
+pub use filesystem::FilesystemStore;
+
+use crate::config::{StoreConfig, StoreProviderConfig};
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+#[async_trait]
+pub trait ProjectStore: Send + Sync {
+    /// Every `.zip` object of the bucket, by name.
+    async fn list(&self, bucket: &str) -> Result<Vec<(String, ObjectInfo)>>;
+    async fn stat(&self, bucket: &str, name: &str) -> Result<Option<ObjectInfo>>;
+    async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>>;
+    /// Starts an upload whose object name is given when it commits.
+    async fn begin_upload(&self, bucket: &str) -> Result<Box<dyn Upload>>;
+    async fn delete(&self, bucket: &str, name: &str) -> Result<()>;
+    async fn rename(&self, bucket: &str, from: &str, to: &str) -> Result<ObjectInfo>;
+}
+
+#[async_trait]
+pub trait ObjectReader: Send + Sync {
+    fn info(&self) -> ObjectInfo;
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>>;
+}
+
+/// Bytes on their way into a store. Nothing is visible under any name until
+/// `commit`; a dropped or aborted upload leaves nothing behind.
+#[async_trait]
+pub trait Upload: Send + Sync {
+    fn len(&self) -> u64;
+    async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()>;
+    async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>>;
+    async fn set_len(&mut self, len: u64) -> Result<()>;
+    async fn commit(self: Box<Self>, name: &str) -> Result<ObjectInfo>;
+    async fn abort(self: Box<Self>);
+}
+
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn ProjectStore>> {
+    match &config.provider {
+        StoreProviderConfig::Filesystem { root, sync } => {
+            let store = FilesystemStore::open(root.clone(), &config.buckets, *sync).await?;
+            Ok(Arc::new(store))
+        }
+        other => Ok(Arc::new(unavailable::Unavailable::new(other.kind()))),
+    }
+}
+
+/// Runs blocking file-system work off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::provider(format!("storage task failed: {e}")))?
+}
