@@ -1,7 +1,10 @@
+pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fuse;
 pub mod registry;
 pub mod secret;
 pub mod status;
 pub mod store;
 pub mod upload;
+pub mod vfs;

@@ -7,7 +7,12 @@ mod validate;
 mod values;
 
 pub use validate::{ConfigError, ConfigErrors, load, parse};
-pub use values::{parse_duration, parse_size};
+pub use values::{check_name, parse_duration, parse_size};
+
+/// Whether `name` is acceptable as a registry, bucket, secret or archive name.
+pub fn check_name_ok(name: &str) -> bool {
+    check_name("", name).is_ok()
+}
 
 use crate::secret::Secret;
 use std::collections::BTreeMap;

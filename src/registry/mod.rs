@@ -11,7 +11,7 @@ pub use cache::CachedRegistry;
 pub use files::{RegistryFile, docker_config_json, render};
 
 use crate::config::RegistryProviderConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -52,7 +52,10 @@ pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider
         )),
         RegistryProviderConfig::None { registry } => Arc::new(none::NoneProvider::new(registry)),
         RegistryProviderConfig::Ecr { .. } | RegistryProviderConfig::Helper { .. } => {
-            Arc::new(unavailable::Unavailable::new(config.kind()))
+            Arc::new(unavailable::FailedProvider(Error::provider(format!(
+                "the `{}` registry provider is not available in this build",
+                config.kind()
+            ))))
         }
     }
 }

@@ -1,26 +1,15 @@
-//! Providers whose configuration is accepted but whose client is not part of
-//! this build yet: reads fail with EIO and `status.json` says why.
+//! Stands in for a provider that cannot work (its client is not in this
+//! build): reads fail with EIO and `status.json` says why.
 
 use super::{Credential, RegistryProvider};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 
-pub struct Unavailable {
-    kind: &'static str,
-}
-
-impl Unavailable {
-    pub fn new(kind: &'static str) -> Self {
-        Unavailable { kind }
-    }
-}
+pub struct FailedProvider(pub Error);
 
 #[async_trait]
-impl RegistryProvider for Unavailable {
+impl RegistryProvider for FailedProvider {
     async fn fetch(&self) -> Result<Credential> {
-        Err(Error::provider(format!(
-            "the `{}` registry provider is not available in this build",
-            self.kind
-        )))
+        Err(self.0.clone())
     }
 }

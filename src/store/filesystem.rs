@@ -204,7 +204,7 @@ struct FileUpload {
 
 #[async_trait]
 impl Upload for FileUpload {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 
@@ -242,7 +242,7 @@ impl Upload for FileUpload {
         };
         let (file, dir, sync) = (self.file.clone(), self.dir.clone(), self.sync);
         let target = dir.join(name);
-        let result = blocking(move || {
+        blocking(move || {
             if sync {
                 file.sync_all().map_err(|e| Error::from_io("fsync", &e))?;
             }
@@ -256,8 +256,7 @@ impl Upload for FileUpload {
             }
             Ok(info_of(&metadata))
         })
-        .await;
-        result
+        .await
     }
 
     async fn abort(mut self: Box<Self>) {

@@ -3,7 +3,6 @@
 //! and the staging rules live in `crate::upload`.
 
 mod filesystem;
-mod unavailable;
 
 pub use filesystem::FilesystemStore;
 
@@ -41,7 +40,7 @@ pub trait ObjectReader: Send + Sync {
 /// `commit`; a dropped or aborted upload leaves nothing behind.
 #[async_trait]
 pub trait Upload: Send + Sync {
-    fn len(&self) -> u64;
+    fn size(&self) -> u64;
     async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()>;
     async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>>;
     async fn set_len(&mut self, len: u64) -> Result<()>;
@@ -55,7 +54,10 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn ProjectStore>> {
             let store = FilesystemStore::open(root.clone(), &config.buckets, *sync).await?;
             Ok(Arc::new(store))
         }
-        other => Ok(Arc::new(unavailable::Unavailable::new(other.kind()))),
+        other => Ok(Arc::new(FailedStore(Error::provider(format!(
+            "the `{}` store provider is not available in this build",
+            other.kind()
+        ))))),
     }
 }
 
@@ -66,4 +68,31 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::provider(format!("storage task failed: {e}")))?
+}
+
+/// Stands in for a store that could not be opened (or whose client is not
+/// in this build), so the rest of the tree keeps serving and its buckets
+/// answer with the reason.
+pub struct FailedStore(pub Error);
+
+#[async_trait]
+impl ProjectStore for FailedStore {
+    async fn list(&self, _: &str) -> Result<Vec<(String, ObjectInfo)>> {
+        Err(self.0.clone())
+    }
+    async fn stat(&self, _: &str, _: &str) -> Result<Option<ObjectInfo>> {
+        Err(self.0.clone())
+    }
+    async fn open(&self, _: &str, _: &str) -> Result<Box<dyn ObjectReader>> {
+        Err(self.0.clone())
+    }
+    async fn begin_upload(&self, _: &str) -> Result<Box<dyn Upload>> {
+        Err(self.0.clone())
+    }
+    async fn delete(&self, _: &str, _: &str) -> Result<()> {
+        Err(self.0.clone())
+    }
+    async fn rename(&self, _: &str, _: &str, _: &str) -> Result<ObjectInfo> {
+        Err(self.0.clone())
+    }
 }

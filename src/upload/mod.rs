@@ -1,1 +1,288 @@
+//! The upload path: files written under `projects/<bucket>/`. An archive
+//! (`<name>.zip`) is checked and committed when its writer closes it; any
+//! other name is a staging file kept until it is renamed to an archive
+//! name, which checks and commits it.
+
+mod pending;
 pub mod zip_check;
+
+pub use pending::Pending;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{ObjectInfo, ObjectReader};
+use crate::vfs::namespace::Bucket;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tracing::{info, warn};
+
+/// A staging file nobody renamed is dropped this long after its last close.
+pub const STAGING_TTL: Duration = Duration::from_secs(600);
+const SEED_CHUNK: u32 = 1 << 20;
+
+pub fn is_archive_name(name: &str) -> bool {
+    name.len() > 4 && name.ends_with(".zip") && crate::config::check_name_ok(name)
+}
+
+type Key = (String, String);
+
+#[derive(Default)]
+pub struct Uploads {
+    files: Mutex<HashMap<Key, Arc<Pending>>>,
+}
+
+/// One open file descriptor writing into a pending file.
+pub struct WriteHandle {
+    pub pending: Arc<Pending>,
+    pub bucket: String,
+    pub name: String,
+    opener_pid: u32,
+    state: Mutex<HandleState>,
+}
+
+#[derive(Default)]
+struct HandleState {
+    wrote: bool,
+    /// Set once the archive was committed or refused; later closes repeat it.
+    outcome: Option<Result<ObjectInfo>>,
+}
+
+impl WriteHandle {
+    fn state(&self) -> std::sync::MutexGuard<'_, HandleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, error: Error) -> Error {
+        self.state().outcome.get_or_insert(Err(error.clone()));
+        error
+    }
+
+    pub fn is_archive(&self) -> bool {
+        is_archive_name(&self.name)
+    }
+}
+
+impl Uploads {
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Pending>>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(bucket: &str, name: &str) -> Key {
+        (bucket.to_string(), name.to_string())
+    }
+
+    pub fn get(&self, bucket: &str, name: &str) -> Option<Arc<Pending>> {
+        self.files().get(&Self::key(bucket, name)).cloned()
+    }
+
+    /// Pending files of a bucket: (name, size, modified).
+    pub fn list(&self, bucket: &str) -> Vec<(String, u64, SystemTime)> {
+        self.files()
+            .iter()
+            .filter(|((b, _), _)| b == bucket)
+            .map(|((_, name), p)| (name.clone(), p.size(), p.modified()))
+            .collect()
+    }
+
+    fn remove_if_same(&self, bucket: &str, name: &str, pending: &Arc<Pending>) {
+        let mut files = self.files();
+        let key = Self::key(bucket, name);
+        if files.get(&key).is_some_and(|p| Arc::ptr_eq(p, pending)) {
+            files.remove(&key);
+        }
+    }
+
+    /// Opens `name` for writing. An archive always gets an upload of its own
+    /// (the last commit wins); a staging file is shared by its writers.
+    /// `seed` copies an existing archive in first, for writes that keep it.
+    pub async fn open(
+        &self,
+        bucket_name: &str,
+        bucket: Arc<Bucket>,
+        name: &str,
+        truncate: bool,
+        seed: Option<Box<dyn ObjectReader>>,
+        pid: u32,
+    ) -> Result<Arc<WriteHandle>> {
+        let existing = if is_archive_name(name) {
+            None
+        } else {
+            self.get(bucket_name, name)
+        };
+        let pending = match existing {
+            Some(pending) => {
+                if truncate {
+                    pending.set_len(0).await?;
+                }
+                pending
+            }
+            None => {
+                let upload = bucket.store.begin_upload(bucket_name).await?;
+                let pending = Arc::new(Pending::new(bucket.clone(), upload));
+                if let Some(reader) = seed {
+                    copy_into(&pending, reader.as_ref()).await?;
+                }
+                self.files()
+                    .insert(Self::key(bucket_name, name), pending.clone());
+                pending
+            }
+        };
+        pending.add_writer();
+        Ok(Arc::new(WriteHandle {
+            pending,
+            bucket: bucket_name.to_string(),
+            name: name.to_string(),
+            opener_pid: pid,
+            state: Mutex::new(HandleState::default()),
+        }))
+    }
+
+    pub async fn write(&self, handle: &WriteHandle, offset: u64, data: Vec<u8>) -> Result<u32> {
+        if let Some(Err(e)) = &handle.state().outcome {
+            return Err(e.clone());
+        }
+        let len = data.len() as u64;
+        if let Some(max) = handle.pending.bucket.max_object_size
+            && offset + len > max
+        {
+            return Err(handle.fail(Error::new(
+                ErrorKind::TooBig,
+                format!(
+                    "projects/{}/{}: larger than the store's max_object_size of {max} bytes",
+                    handle.bucket, handle.name
+                ),
+            )));
+        }
+        handle
+            .pending
+            .write_at(offset, data)
+            .await
+            .map_err(|e| handle.fail(e))?;
+        handle.state().wrote = true;
+        Ok(len as u32)
+    }
+
+    /// The writer's own close commits an archive; closes of descriptors it
+    /// shared with other processes do not.
+    pub async fn flush(&self, handle: &WriteHandle, pid: u32) -> Result<Option<ObjectInfo>> {
+        if !handle.is_archive() || pid != handle.opener_pid {
+            return Ok(None);
+        }
+        self.commit(handle).await
+    }
+
+    async fn commit(&self, handle: &WriteHandle) -> Result<Option<ObjectInfo>> {
+        {
+            let state = handle.state();
+            if let Some(outcome) = &state.outcome {
+                return outcome.clone().map(|_| None);
+            }
+            if !state.wrote {
+                return Ok(None);
+            }
+        }
+        let path = format!("projects/{}/{}", handle.bucket, handle.name);
+        let outcome = handle.pending.commit(&handle.name, false).await;
+        match &outcome {
+            Ok(info) => info!(path, size = info.size, "archive committed"),
+            Err(e) => warn!(path, error = %e, "archive refused"),
+        }
+        self.remove_if_same(&handle.bucket, &handle.name, &handle.pending);
+        handle.state().outcome = Some(outcome.clone());
+        outcome.map(Some)
+    }
+
+    /// Finishes what the writer's close could not (it never came, or the
+    /// writer handed its descriptor on and exited).
+    pub async fn release(&self, handle: &WriteHandle) -> Option<ObjectInfo> {
+        handle.pending.remove_writer();
+        if !handle.is_archive() {
+            return None;
+        }
+        let committed = self.commit(handle).await.ok().flatten();
+        if matches!(handle.state().outcome, Some(Err(_))) {
+            handle.pending.abort().await;
+            self.remove_if_same(&handle.bucket, &handle.name, &handle.pending);
+        }
+        committed
+    }
+
+    /// Commits staging file `from` as archive `to` (a rename). A rejected
+    /// archive stays staged under `from`.
+    pub async fn commit_staged(&self, bucket: &str, from: &str, to: &str) -> Result<ObjectInfo> {
+        let pending = self
+            .get(bucket, from)
+            .ok_or_else(|| Error::not_found(format!("projects/{bucket}/{from}")))?;
+        if pending.writers() > 0 {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("projects/{bucket}/{from} is still open for writing"),
+            ));
+        }
+        let info = pending.commit(to, true).await?;
+        self.remove_if_same(bucket, from, &pending);
+        info!(path = %format!("projects/{bucket}/{to}"), size = info.size, from, "archive committed by rename");
+        Ok(info)
+    }
+
+    /// Renames a pending file to another pending name.
+    pub fn rename(&self, bucket: &str, from: &str, to: &str) -> Result<()> {
+        let mut files = self.files();
+        let pending = files
+            .remove(&Self::key(bucket, from))
+            .ok_or_else(|| Error::not_found(format!("projects/{bucket}/{from}")))?;
+        files.insert(Self::key(bucket, to), pending);
+        Ok(())
+    }
+
+    /// Drops a pending file (unlink). Returns whether there was one.
+    pub async fn discard(&self, bucket: &str, name: &str) -> bool {
+        let removed = self.files().remove(&Self::key(bucket, name));
+        match removed {
+            Some(pending) => {
+                if pending.writers() == 0 {
+                    pending.abort().await;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops staging files left unrenamed for `ttl` after their last close.
+    pub async fn reap(&self, ttl: Duration) -> Vec<(String, String)> {
+        let expired: Vec<(Key, Arc<Pending>)> = {
+            let mut files = self.files();
+            let keys: Vec<Key> = files
+                .iter()
+                .filter(|(_, p)| p.writers() == 0 && p.idle_since().elapsed() >= ttl)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| files.remove(&k).map(|p| (k, p)))
+                .collect()
+        };
+        let mut names = Vec::new();
+        for ((bucket, name), pending) in expired {
+            warn!(path = %format!("projects/{bucket}/{name}"), "dropping a staging file never renamed to an archive");
+            pending.abort().await;
+            names.push((bucket, name));
+        }
+        names
+    }
+}
+
+async fn copy_into(pending: &Pending, reader: &dyn ObjectReader) -> Result<()> {
+    let size = reader.info().size;
+    let mut offset = 0;
+    while offset < size {
+        let chunk = reader.read_at(offset, SEED_CHUNK).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len() as u64;
+        pending.write_at(offset, chunk).await?;
+        offset += n;
+    }
+    Ok(())
+}

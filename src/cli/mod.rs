@@ -1,0 +1,77 @@
+//! The `credfs` command line.
+
+mod check;
+mod mount;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "credfs",
+    version,
+    about = "A filesystem of registry tokens, project archives and secrets"
+)]
+pub struct Cli {
+    /// Log level or filter (error, warn, info, debug, trace); overrides CREDFS_LOG.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount the tree in the foreground until SIGINT or SIGTERM.
+    Mount {
+        /// Config file [default: $CREDFS_CONFIG, else /etc/credfs/credfs.toml]
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where to mount; overrides [mount] path.
+        mountpoint: Option<PathBuf>,
+    },
+    /// Validate a config file; exit 1 with file:line:col: message on error.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also fetch each credential and list each bucket once.
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Summarise status.json of a mounted tree.
+    Status {
+        /// The mount point [default: [mount] path of the config, else /run/credfs]
+        mountpoint: Option<PathBuf>,
+    },
+}
+
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os("CREDFS_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_CONFIG_PATH))
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = level
+        .map(tracing_subscriber::EnvFilter::new)
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_env("CREDFS_LOG").ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    match cli.command {
+        Command::Mount { config, mountpoint } => mount::run(&config_path(config), mountpoint),
+        Command::Check { config, probe } => check::run(&config_path(config), probe),
+        Command::Status { mountpoint } => status::run(mountpoint),
+    }
+}

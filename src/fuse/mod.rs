@@ -1,0 +1,10 @@
+//! The kernel side: the `fuser` adapter, mounting, and recovering a mount
+//! point a dead daemon left behind.
+
+mod adapter;
+mod session;
+mod stale;
+
+pub use adapter::FuseAdapter;
+pub use session::{MountOptions, Mounted, mount};
+pub use stale::clean_stale_mount;

@@ -1,0 +1,35 @@
+//! A daemon that died leaves its mount point answering ENOTCONN ("Transport
+//! endpoint is not connected"); mounting again first detaches that mount.
+
+use std::io;
+use std::path::Path;
+use std::process::Command;
+use tracing::info;
+
+/// Returns whether a stale mount was found and removed.
+pub fn clean_stale_mount(mountpoint: &Path) -> io::Result<bool> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => return Ok(false),
+    }
+    info!(mountpoint = %mountpoint.display(), "removing a stale mount left by a dead daemon");
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains NUL"))?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    let detached = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0;
+    if !detached {
+        // Not root: fusermount3 may unmount a FUSE mount its user owns.
+        let status = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(mountpoint)
+            .status()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "{} holds a dead mount that fusermount3 -uz could not remove",
+                mountpoint.display()
+            )));
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,454 @@
+//! The filesystem's core: plain async methods over inode numbers and names
+//! that never see `fuser`. `crate::fuse` translates kernel requests into
+//! these calls and their results into replies.
+
+mod handles;
+pub mod inode;
+pub mod namespace;
+mod projects;
+pub use projects::RenameFlags;
+pub mod published;
+mod status_doc;
+
+pub use handles::{DirEntry, Handle};
+pub use published::KernelCache;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::registry::{self, RegistryFile};
+use crate::secret::Secret;
+use crate::upload::Uploads;
+use handles::Handles;
+use inode::{Inodes, Node};
+use namespace::{Namespace, Ownership};
+use published::{Published, fingerprint};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tracing::warn;
+
+/// How long the kernel may trust names and attributes without asking; kept
+/// short because other hosts can change a store, and values that change
+/// through us are invalidated at once.
+pub const TTL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub ownership: Ownership,
+}
+
+/// Who made a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How the kernel may cache an opened file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// The kernel's cached pages are current: keep them.
+    KeepCache,
+    /// Every read and write comes to us.
+    Direct,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub cache: CachePolicy,
+    /// Closing needs no round trip (nothing to commit).
+    pub no_flush: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    pub write: bool,
+    pub truncate: bool,
+}
+
+pub struct CredFs {
+    namespace: RwLock<Arc<Namespace>>,
+    inodes: Inodes,
+    handles: Handles,
+    published: Arc<Published>,
+    uploads: Uploads,
+}
+
+fn refused(node: &Node) -> Error {
+    Error::denied(format!("{} is read-only", node.path()))
+}
+
+impl CredFs {
+    pub fn new(namespace: Namespace) -> Self {
+        CredFs {
+            namespace: RwLock::new(Arc::new(namespace)),
+            inodes: Inodes::default(),
+            handles: Handles::default(),
+            published: Arc::new(Published::default()),
+            uploads: Uploads::default(),
+        }
+    }
+
+    pub fn set_kernel_cache(&self, kernel: Arc<dyn KernelCache>) {
+        self.published.set_kernel(kernel);
+    }
+
+    /// Serves `config` from now on. Readers see the old tree or the new one;
+    /// the kernel forgets names that are gone and re-reads what it cached.
+    pub async fn reload(&self, config: crate::config::Config) {
+        let old = self.namespace();
+        let new = Arc::new(Namespace::build(config, Some(&old)).await);
+        match self.namespace.write() {
+            Ok(mut slot) => *slot = new.clone(),
+            Err(poisoned) => *poisoned.into_inner() = new.clone(),
+        }
+        let known = self.inodes.all();
+        let gone: Vec<(u64, String)> = known
+            .iter()
+            .filter(|(_, node)| !self.exists(&new, node))
+            .filter_map(|(_, node)| {
+                let parent = node.parent()?;
+                Some((self.inodes.ino(&parent), node.name()))
+            })
+            .collect();
+        self.published.invalidate_entries(gone);
+        self.published
+            .invalidate_inodes(known.into_iter().map(|(ino, _)| ino).collect());
+    }
+
+    pub fn namespace(&self) -> Arc<Namespace> {
+        self.namespace
+            .read()
+            .map(|n| n.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn node(&self, ino: u64) -> Result<Node> {
+        self.inodes
+            .node(ino)
+            .ok_or_else(|| Error::not_found(format!("inode {ino} is gone")))
+    }
+
+    /// The child called `name` of `parent`, if the current config has it.
+    async fn child(&self, ns: &Namespace, parent: &Node, name: &str) -> Result<Node> {
+        let missing = || Error::not_found(format!("{}/{name}", parent.path()));
+        let child = match parent {
+            Node::Root => match name {
+                "registries" => Node::Registries,
+                "docker" => Node::Docker,
+                "secrets" => Node::Secrets,
+                "projects" => Node::Projects,
+                "status.json" => Node::Status,
+                _ => return Err(missing()),
+            },
+            Node::Registries if ns.registries.contains_key(name) => Node::Registry(name.into()),
+            Node::Registry(r) => {
+                let file = RegistryFile::from_name(name).ok_or_else(missing)?;
+                Node::RegistryFile(r.clone(), file)
+            }
+            Node::Docker if name == "config.json" => Node::DockerConfig,
+            Node::Secrets if ns.config.secrets.contains_key(name) => Node::SecretGroup(name.into()),
+            Node::SecretGroup(g)
+                if ns
+                    .config
+                    .secrets
+                    .get(g)
+                    .is_some_and(|keys| keys.contains_key(name)) =>
+            {
+                Node::Secret(g.clone(), name.into())
+            }
+            Node::Projects if ns.buckets.contains_key(name) => Node::Bucket(name.into()),
+            Node::Bucket(b) => Node::Archive(b.clone(), name.into()),
+            node if !node.is_dir() => {
+                return Err(Error::new(ErrorKind::NotADirectory, node.path()));
+            }
+            _ => return Err(missing()),
+        };
+        Ok(child)
+    }
+
+    /// Whether `node` still exists in the current config (a number handed
+    /// out earlier may name a removed entry).
+    fn exists(&self, ns: &Namespace, node: &Node) -> bool {
+        match node {
+            Node::Registry(r) | Node::RegistryFile(r, _) => ns.registries.contains_key(r),
+            Node::SecretGroup(g) => ns.config.secrets.contains_key(g),
+            Node::Secret(g, k) => ns
+                .config
+                .secrets
+                .get(g)
+                .is_some_and(|keys| keys.contains_key(k)),
+            Node::Bucket(b) | Node::Archive(b, _) => ns.buckets.contains_key(b),
+            _ => true,
+        }
+    }
+
+    /// The bytes a value file shows now.
+    async fn value(&self, ns: &Namespace, node: &Node) -> Result<Secret> {
+        match node {
+            Node::RegistryFile(name, file) => {
+                let cached = ns
+                    .registries
+                    .get(name)
+                    .ok_or_else(|| Error::not_found(node.path()))?;
+                let credential = cached.get().await.map_err(|e| {
+                    warn!(path = %node.path(), error = %e, "credential unavailable");
+                    e
+                })?;
+                Ok(registry::render(*file, &credential))
+            }
+            Node::DockerConfig => {
+                let mut credentials = Vec::new();
+                for cached in ns.registries.values() {
+                    if let Ok(credential) = cached.get().await {
+                        credentials.push(credential);
+                    }
+                }
+                Ok(registry::docker_config_json(
+                    credentials.iter().map(|c| c.as_ref()),
+                ))
+            }
+            Node::Secret(group, key) => ns
+                .config
+                .secrets
+                .get(group)
+                .and_then(|keys| keys.get(key))
+                .cloned()
+                .ok_or_else(|| Error::not_found(node.path())),
+            Node::Status => Ok(status_doc::render(ns, &self.uploads)),
+            _ => Err(Error::new(ErrorKind::IsADirectory, node.path())),
+        }
+    }
+
+    fn ownership(&self, ns: &Namespace, node: &Node) -> Ownership {
+        match node {
+            Node::Registry(r) => ns.registry_ownership(r, true),
+            Node::RegistryFile(r, _) => ns.registry_ownership(r, false),
+            Node::Bucket(b) | Node::Archive(b, _) => match ns.buckets.get(b) {
+                Some(bucket) => ns.bucket_ownership(bucket, node.is_dir()),
+                None => ns.file_ownership(),
+            },
+            // Health carries no secret: anyone who can reach it may read it.
+            Node::Status => Ownership {
+                perm: 0o444,
+                ..ns.file_ownership()
+            },
+            node if node.is_dir() => ns.dir_ownership(),
+            _ => ns.file_ownership(),
+        }
+    }
+
+    async fn attr_of(&self, ns: &Namespace, node: &Node) -> Result<Attr> {
+        if !self.exists(ns, node) {
+            return Err(Error::not_found(node.path()));
+        }
+        let ino = self.inodes.ino(node);
+        let ownership = self.ownership(ns, node);
+        if node.is_dir() {
+            return Ok(Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: ns.loaded_at,
+                ownership,
+            });
+        }
+        let (size, mtime) = match node {
+            Node::Archive(bucket, name) => self.archive_size(ns, bucket, name).await?,
+            _ => match self.value(ns, node).await {
+                Ok(value) => {
+                    let seen = self.published.observe(ino, fingerprint(value.expose()));
+                    (value.len() as u64, seen.changed_at)
+                }
+                // The entry exists; opening it reports the failure.
+                Err(_) => (0, ns.loaded_at),
+            },
+        };
+        Ok(Attr {
+            ino,
+            kind: Kind::File,
+            size,
+            mtime,
+            ownership,
+        })
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        let ns = self.namespace();
+        let parent = self.node(parent)?;
+        let child = self.child(&ns, &parent, name).await?;
+        self.attr_of(&ns, &child).await
+    }
+
+    pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
+        let ns = self.namespace();
+        let node = self.node(ino)?;
+        if let Some(Handle::Write(handle)) = fh.and_then(|fh| self.handles.get(fh)).as_deref() {
+            return Ok(Attr {
+                ino,
+                kind: Kind::File,
+                size: handle.pending.size(),
+                mtime: handle.pending.modified(),
+                ownership: self.ownership(&ns, &node),
+            });
+        }
+        self.attr_of(&ns, &node).await
+    }
+
+    /// chmod, chown and utime change nothing (owners and modes come from the
+    /// config) but succeed, so `cp -p` and `install -m` work; a size change
+    /// applies to a file being written.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> Result<Attr> {
+        if let Some(size) = size {
+            let node = self.node(ino)?;
+            let handle = fh.and_then(|fh| self.handles.get(fh));
+            match (handle.as_deref(), &node) {
+                (Some(Handle::Write(h)), _) => h.pending.set_len(size).await?,
+                (_, Node::Archive(b, n)) => match self.uploads.get(b, n) {
+                    Some(pending) => pending.set_len(size).await?,
+                    None => {
+                        return Err(Error::new(
+                            ErrorKind::NotPermitted,
+                            format!("{}: truncate an archive by writing a new one", node.path()),
+                        ));
+                    }
+                },
+                _ => return Err(refused(&node)),
+            }
+        }
+        self.getattr(ino, fh).await
+    }
+
+    pub async fn opendir(&self, ino: u64) -> Result<u64> {
+        let ns = self.namespace();
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return Err(Error::new(ErrorKind::NotADirectory, node.path()));
+        }
+        let mut entries = vec![
+            DirEntry::new(ino, Kind::Dir, "."),
+            DirEntry::new(ino, Kind::Dir, ".."),
+        ];
+        let children: Vec<Node> = match &node {
+            Node::Root => vec![
+                Node::Registries,
+                Node::Docker,
+                Node::Secrets,
+                Node::Projects,
+                Node::Status,
+            ],
+            Node::Registries => ns
+                .registries
+                .keys()
+                .map(|r| Node::Registry(r.clone()))
+                .collect(),
+            Node::Registry(r) => RegistryFile::ALL
+                .into_iter()
+                .map(|f| Node::RegistryFile(r.clone(), f))
+                .collect(),
+            Node::Docker => vec![Node::DockerConfig],
+            Node::Secrets => ns
+                .config
+                .secrets
+                .keys()
+                .map(|g| Node::SecretGroup(g.clone()))
+                .collect(),
+            Node::SecretGroup(g) => ns
+                .config
+                .secrets
+                .get(g)
+                .map(|keys| {
+                    keys.keys()
+                        .map(|k| Node::Secret(g.clone(), k.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Node::Projects => ns.buckets.keys().map(|b| Node::Bucket(b.clone())).collect(),
+            Node::Bucket(b) => self.archive_names(&ns, b).await?,
+            _ => Vec::new(),
+        };
+        for child in children {
+            let kind = if child.is_dir() {
+                Kind::Dir
+            } else {
+                Kind::File
+            };
+            entries.push(DirEntry::new(self.inodes.ino(&child), kind, child.name()));
+        }
+        Ok(self.handles.insert(Handle::Dir(entries)))
+    }
+
+    pub fn readdir(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles
+            .get(fh)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "unknown directory handle"))
+    }
+
+    pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened> {
+        let ns = self.namespace();
+        let node = self.node(ino)?;
+        if !self.exists(&ns, &node) {
+            return Err(Error::not_found(node.path()));
+        }
+        if let Node::Archive(bucket, name) = &node {
+            return self
+                .open_archive(&ns, ino, bucket, name, flags, caller)
+                .await;
+        }
+        if flags.write || flags.truncate {
+            return Err(refused(&node));
+        }
+        let value = self.value(&ns, &node).await?;
+        let cache = if node == Node::Status {
+            CachePolicy::Direct
+        } else if self
+            .published
+            .observe(ino, fingerprint(value.expose()))
+            .kernel_copy_valid
+        {
+            CachePolicy::KeepCache
+        } else {
+            CachePolicy::Direct
+        };
+        Ok(Opened {
+            fh: self.handles.insert(Handle::Value(value)),
+            cache,
+            no_flush: true,
+        })
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let handle = self
+            .handles
+            .get(fh)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "unknown file handle"))?;
+        match handle.as_ref() {
+            Handle::Value(value) => {
+                let bytes = value.expose();
+                let start = (offset as usize).min(bytes.len());
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            }
+            Handle::Archive(reader) => reader.read_at(offset, size).await,
+            Handle::Pending(pending) => pending.read_at(offset, size).await,
+            Handle::Write(write) => write.pending.read_at(offset, size).await,
+            Handle::Dir(_) => Err(Error::new(ErrorKind::IsADirectory, "a directory")),
+        }
+    }
+
+    pub async fn release(&self, fh: u64) {
+        if let Some(handle) = self.handles.remove(fh) {
+            self.release_handle(handle).await;
+        }
+    }
+}

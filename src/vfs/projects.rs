@@ -1,0 +1,273 @@
+//! `projects/<bucket>/`: archives read from, written to, renamed and deleted
+//! in their store, with the staging rules of `crate::upload`.
+
+use super::inode::Node;
+use super::namespace::{Bucket, Namespace};
+use super::published::fingerprint;
+use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, refused};
+use crate::error::{Error, ErrorKind, Result};
+use crate::upload::{STAGING_TTL, is_archive_name};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// How a rename treats an existing target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    pub no_replace: bool,
+    pub exchange: bool,
+}
+
+impl CredFs {
+    fn bucket(&self, ns: &Namespace, bucket: &str) -> Result<Arc<Bucket>> {
+        ns.buckets
+            .get(bucket)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("projects/{bucket}")))
+    }
+
+    fn writable_bucket(&self, ns: &Namespace, node: &Node) -> Result<(String, Arc<Bucket>)> {
+        let Node::Bucket(name) = node else {
+            return Err(refused(node));
+        };
+        let bucket = self.bucket(ns, name)?;
+        if bucket.read_only {
+            return Err(Error::read_only(format!(
+                "projects/{name} is served by read-only store `{}`",
+                bucket.store_name
+            )));
+        }
+        Ok((name.clone(), bucket))
+    }
+
+    pub(super) async fn archive_size(
+        &self,
+        ns: &Namespace,
+        bucket: &str,
+        name: &str,
+    ) -> Result<(u64, SystemTime)> {
+        let store = &self.bucket(ns, bucket)?.store;
+        if let Some(info) = store.stat(bucket, name).await? {
+            let ino = self.inodes.ino(&Node::Archive(bucket.into(), name.into()));
+            self.published
+                .observe(ino, fingerprint((info.size, info.modified)));
+            return Ok((info.size, info.modified));
+        }
+        match self.uploads.get(bucket, name) {
+            Some(pending) => Ok((pending.size(), pending.modified())),
+            None => Err(Error::not_found(format!("projects/{bucket}/{name}"))),
+        }
+    }
+
+    pub(super) async fn archive_names(&self, ns: &Namespace, bucket: &str) -> Result<Vec<Node>> {
+        let store = &self.bucket(ns, bucket)?.store;
+        let mut names: BTreeMap<String, ()> = store
+            .list(bucket)
+            .await?
+            .into_iter()
+            .map(|(name, _)| (name, ()))
+            .collect();
+        for (name, _, _) in self.uploads.list(bucket) {
+            names.insert(name, ());
+        }
+        Ok(names
+            .into_keys()
+            .map(|name| Node::Archive(bucket.into(), name))
+            .collect())
+    }
+
+    pub(super) async fn open_archive(
+        &self,
+        ns: &Namespace,
+        ino: u64,
+        bucket: &str,
+        name: &str,
+        flags: OpenFlags,
+        caller: Caller,
+    ) -> Result<Opened> {
+        let entry = self.bucket(ns, bucket)?;
+        if flags.write || flags.truncate {
+            let (bucket, entry) = self.writable_bucket(ns, &Node::Bucket(bucket.into()))?;
+            let keeps_content = !flags.truncate && is_archive_name(name);
+            let seed = match keeps_content && entry.store.stat(&bucket, name).await?.is_some() {
+                true => Some(entry.store.open(&bucket, name).await?),
+                false => None,
+            };
+            let handle = self
+                .uploads
+                .open(&bucket, entry, name, flags.truncate, seed, caller.pid)
+                .await?;
+            return Ok(Opened {
+                fh: self.handles.insert(Handle::Write(handle)),
+                cache: CachePolicy::Direct,
+                no_flush: false,
+            });
+        }
+        if entry.store.stat(bucket, name).await?.is_some() {
+            let reader = entry.store.open(bucket, name).await?;
+            let info = reader.info();
+            let seen = self
+                .published
+                .observe(ino, fingerprint((info.size, info.modified)));
+            let cache = match seen.kernel_copy_valid {
+                true => CachePolicy::KeepCache,
+                false => CachePolicy::Direct,
+            };
+            return Ok(Opened {
+                fh: self.handles.insert(Handle::Archive(reader)),
+                cache,
+                no_flush: true,
+            });
+        }
+        let pending = self
+            .uploads
+            .get(bucket, name)
+            .ok_or_else(|| Error::not_found(format!("projects/{bucket}/{name}")))?;
+        Ok(Opened {
+            fh: self.handles.insert(Handle::Pending(pending)),
+            cache: CachePolicy::Direct,
+            no_flush: true,
+        })
+    }
+
+    pub async fn create(&self, parent: u64, name: &str, caller: Caller) -> Result<(Attr, Opened)> {
+        let ns = self.namespace();
+        let parent_node = self.node(parent)?;
+        let (bucket, entry) = self.writable_bucket(&ns, &parent_node)?;
+        if name.ends_with(".zip") && !is_archive_name(name) {
+            return Err(Error::invalid(format!(
+                "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
+            )));
+        }
+        let node = Node::Archive(bucket.clone(), name.into());
+        let ownership = self.ownership(&ns, &node);
+        let handle = self
+            .uploads
+            .open(&bucket, entry, name, true, None, caller.pid)
+            .await?;
+        let attr = Attr {
+            ino: self.inodes.ino(&node),
+            kind: Kind::File,
+            size: 0,
+            mtime: handle.pending.modified(),
+            ownership,
+        };
+        let opened = Opened {
+            fh: self.handles.insert(Handle::Write(handle)),
+            cache: CachePolicy::Direct,
+            no_flush: false,
+        };
+        Ok((attr, opened))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32> {
+        match self.handles.get(fh).as_deref() {
+            Some(Handle::Write(handle)) => self.uploads.write(handle, offset, data).await,
+            _ => Err(Error::new(ErrorKind::InvalidInput, "not open for writing")),
+        }
+    }
+
+    /// A close: the writer's own close of an archive checks and commits it,
+    /// and its error is what `close(2)` returns.
+    pub async fn flush(&self, fh: u64, caller: Caller) -> Result<()> {
+        if let Some(Handle::Write(handle)) = self.handles.get(fh).as_deref()
+            && self.uploads.flush(handle, caller.pid).await?.is_some()
+        {
+            self.forget_archive(&handle.bucket, &handle.name);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn release_handle(&self, handle: Arc<Handle>) {
+        if let Handle::Write(write) = handle.as_ref()
+            && self.uploads.release(write).await.is_some()
+        {
+            self.forget_archive(&write.bucket, &write.name);
+        }
+    }
+
+    /// The kernel's copy of an archive is out of date.
+    fn forget_archive(&self, bucket: &str, name: &str) {
+        let ino = self.inodes.ino(&Node::Archive(bucket.into(), name.into()));
+        self.published.forget(ino);
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        let ns = self.namespace();
+        let parent_node = self.node(parent)?;
+        let (bucket, entry) = self.writable_bucket(&ns, &parent_node)?;
+        if entry.store.stat(&bucket, name).await?.is_some() {
+            entry.store.delete(&bucket, name).await?;
+            tracing::info!(path = %format!("projects/{bucket}/{name}"), "archive deleted");
+        } else if !self.uploads.discard(&bucket, name).await {
+            return Err(Error::not_found(format!("projects/{bucket}/{name}")));
+        }
+        self.forget_archive(&bucket, name);
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let ns = self.namespace();
+        let (from_node, to_node) = (self.node(parent)?, self.node(new_parent)?);
+        let (bucket, entry) = self.writable_bucket(&ns, &from_node)?;
+        let (to_bucket, _) = self.writable_bucket(&ns, &to_node)?;
+        if bucket != to_bucket {
+            return Err(Error::new(ErrorKind::CrossDevice, "rename across buckets"));
+        }
+        if flags.exchange {
+            return Err(Error::invalid("exchanging archives is not supported"));
+        }
+        if name == new_name {
+            return Ok(());
+        }
+        let store = &entry.store;
+        if flags.no_replace
+            && (store.stat(&bucket, new_name).await?.is_some()
+                || self.uploads.get(&bucket, new_name).is_some())
+        {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("projects/{bucket}/{new_name}"),
+            ));
+        }
+        let committed = store.stat(&bucket, name).await?.is_some();
+        if !committed && self.uploads.get(&bucket, name).is_some() {
+            if is_archive_name(new_name) {
+                self.uploads.commit_staged(&bucket, name, new_name).await?;
+            } else {
+                self.uploads.rename(&bucket, name, new_name)?;
+            }
+        } else if committed {
+            if !is_archive_name(new_name) {
+                return Err(Error::invalid(format!(
+                    "projects/{bucket}/{name}: an archive can only be renamed to another <name>.zip"
+                )));
+            }
+            store.rename(&bucket, name, new_name).await?;
+        } else {
+            return Err(Error::not_found(format!("projects/{bucket}/{name}")));
+        }
+        let (from, to) = (
+            Node::Archive(bucket.clone(), name.into()),
+            Node::Archive(bucket.clone(), new_name.into()),
+        );
+        let moved = self.inodes.ino(&from);
+        if let Some(replaced) = self.inodes.rename(&from, &to) {
+            self.published.forget(replaced);
+        }
+        self.published.forget(moved);
+        Ok(())
+    }
+
+    /// Drops staging files nobody renamed; run periodically.
+    pub async fn reap_staging(&self) {
+        self.uploads.reap(STAGING_TTL).await;
+    }
+}

@@ -1,0 +1,162 @@
+//! Keeps the kernel's cached copy of each file honest. The kernel may serve
+//! a file from its page cache (and trust its size) only while the content is
+//! the one it last saw; when a value changes we tell the kernel to drop its
+//! copy, and until it has, opens bypass the cache.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+/// The kernel side of cache invalidation (fuser's `Notifier` in the daemon).
+pub trait KernelCache: Send + Sync {
+    fn invalidate_inode(&self, ino: u64) -> std::io::Result<()>;
+    fn invalidate_entry(&self, parent: u64, name: &str) -> std::io::Result<()>;
+}
+
+pub fn fingerprint(parts: impl Hash) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The kernel's cached pages and size for this inode match the content.
+    pub kernel_copy_valid: bool,
+    pub changed_at: SystemTime,
+}
+
+struct Seen {
+    fingerprint: u64,
+    changed_at: SystemTime,
+    /// Set while an invalidation for this content is on its way.
+    invalidating: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Published {
+    kernel: OnceLock<Arc<dyn KernelCache>>,
+    seen: Mutex<HashMap<u64, Seen>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Published {
+    pub fn set_kernel(&self, kernel: Arc<dyn KernelCache>) {
+        let _ = self.kernel.set(kernel);
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Seen>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn observe(self: &Arc<Self>, ino: u64, fingerprint: u64) -> Observed {
+        let now = SystemTime::now();
+        let mut seen = self.seen();
+        let entry = seen.entry(ino).or_insert(Seen {
+            fingerprint,
+            changed_at: now,
+            invalidating: None,
+        });
+        if entry.fingerprint == fingerprint {
+            return Observed {
+                kernel_copy_valid: entry.invalidating.is_none(),
+                changed_at: entry.changed_at,
+            };
+        }
+        entry.fingerprint = fingerprint;
+        entry.changed_at = now;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        entry.invalidating = Some(generation);
+        drop(seen);
+        self.invalidate_then(ino, generation);
+        Observed {
+            kernel_copy_valid: false,
+            changed_at: now,
+        }
+    }
+
+    /// Forgets what the kernel saw of `ino` and drops its copy, for content
+    /// that changed through us (an upload, a delete).
+    pub fn forget(self: &Arc<Self>, ino: u64) {
+        self.seen().remove(&ino);
+        self.invalidate_inodes(vec![ino]);
+    }
+
+    fn invalidate_then(self: &Arc<Self>, ino: u64, generation: u64) {
+        let this = self.clone();
+        // The notification can block on kernel locks held by the request
+        // being answered, so it never runs on the answering path.
+        std::thread::spawn(move || {
+            if let Some(kernel) = this.kernel.get() {
+                let _ = kernel.invalidate_inode(ino);
+            }
+            if let Some(entry) = this.seen().get_mut(&ino)
+                && entry.invalidating == Some(generation)
+            {
+                entry.invalidating = None;
+            }
+        });
+    }
+
+    pub fn invalidate_inodes(&self, inodes: Vec<u64>) {
+        let Some(kernel) = self.kernel.get().cloned() else {
+            return;
+        };
+        std::thread::spawn(move || {
+            for ino in inodes {
+                let _ = kernel.invalidate_inode(ino);
+            }
+        });
+    }
+
+    pub fn invalidate_entries(&self, entries: Vec<(u64, String)>) {
+        let Some(kernel) = self.kernel.get().cloned() else {
+            return;
+        };
+        std::thread::spawn(move || {
+            for (parent, name) in entries {
+                let _ = kernel.invalidate_entry(parent, &name);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    struct Recorder(Mutex<mpsc::Sender<u64>>);
+
+    impl KernelCache for Recorder {
+        fn invalidate_inode(&self, ino: u64) -> std::io::Result<()> {
+            let _ = self.0.lock().unwrap().send(ino);
+            Ok(())
+        }
+        fn invalidate_entry(&self, _: u64, _: &str) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_changed_value_is_invalidated_and_bypasses_the_cache_until_then() {
+        let published = Arc::new(Published::default());
+        let (tx, rx) = mpsc::channel();
+        published.set_kernel(Arc::new(Recorder(Mutex::new(tx))));
+        assert!(published.observe(7, 1).kernel_copy_valid);
+        assert!(published.observe(7, 1).kernel_copy_valid);
+        assert!(!published.observe(7, 2).kernel_copy_valid);
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(7));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !published.observe(7, 2).kernel_copy_valid {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "invalidation never completed"
+            );
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `status.json`: the health of every entry. Built from names, states and
+//! error messages only; no value ever goes in.
+
+use super::namespace::Namespace;
+use crate::config::{RegistryProviderConfig, StoreProviderConfig};
+use crate::secret::Secret;
+use crate::status::timestamp;
+use crate::upload::Uploads;
+use serde_json::{Map, Value, json};
+
+pub fn render(ns: &Namespace, uploads: &Uploads) -> Secret {
+    let mut registries = Map::new();
+    for (name, cached) in &ns.registries {
+        let mut entry = cached.status().to_json();
+        if let Some(config) = ns.config.registries.get(name) {
+            entry["provider"] = json!(config.provider.kind());
+            let registry = match &config.provider {
+                RegistryProviderConfig::Static { registry, .. }
+                | RegistryProviderConfig::Helper { registry, .. }
+                | RegistryProviderConfig::None { registry } => Some(registry.clone()),
+                RegistryProviderConfig::Ecr { .. } => None,
+            };
+            entry["registry"] = json!(registry);
+        }
+        registries.insert(name.clone(), entry);
+    }
+    let mut stores = Map::new();
+    for (name, config) in &ns.config.stores {
+        let mut entry = ns
+            .store_status
+            .get(name)
+            .map(|s| s.to_json())
+            .unwrap_or(Value::Null);
+        entry["provider"] = json!(config.provider.kind());
+        entry["buckets"] = json!(config.buckets);
+        entry["read_only"] = json!(config.read_only);
+        if let StoreProviderConfig::Filesystem { root, .. } = &config.provider {
+            entry["root"] = json!(root.display().to_string());
+        }
+        let staged: usize = config.buckets.iter().map(|b| uploads.list(b).len()).sum();
+        entry["pending_uploads"] = json!(staged);
+        stores.insert(name.clone(), entry);
+    }
+    let secrets: Map<String, Value> = ns
+        .config
+        .secrets
+        .iter()
+        .map(|(group, keys)| {
+            let names: Vec<&String> = keys.keys().collect();
+            (group.clone(), json!({ "state": "ok", "keys": names }))
+        })
+        .collect();
+    let document = json!({
+        "config": ns.config.path.display().to_string(),
+        "loaded_at": timestamp(ns.loaded_at),
+        "last_error": Value::Null,
+        "registries": registries,
+        "stores": stores,
+        "secrets": secrets,
+    });
+    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
+    text.push('\n');
+    Secret::from(text)
+}
