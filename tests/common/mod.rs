@@ -1,0 +1,235 @@
+//! Test fixture: a real credfs daemon on a real FUSE mount, driven by real
+//! programs. Every daemon's log is checked for the secrets it was given.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_credfs");
+
+/// Polls `condition` until it holds; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let wanted = mountpoint.to_string_lossy().to_string();
+    mounts
+        .lines()
+        .any(|l| l.starts_with("credfs ") && l.split(' ').nth(1) == Some(wanted.as_str()))
+}
+
+pub fn require_program(name: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "{name} is not installed: run tests/run.sh, which installs what the tests need");
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub mnt: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    /// Values that must never appear in the log or status.json.
+    secrets: Vec<String>,
+}
+
+impl Daemon {
+    /// A scratch directory with `config.toml` (mode 0600), `mnt/` and `store/`.
+    /// `@DIR@` in the config text is replaced by the scratch directory.
+    pub fn prepare(config: &str) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("credfs-test-").tempdir().expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir_all(&mnt).expect("mnt");
+        fs::create_dir_all(dir.path().join("store")).expect("store");
+        let config_path = dir.path().join("config.toml");
+        let text = config.replace("@DIR@", &dir.path().to_string_lossy());
+        fs::write(&config_path, text).expect("config");
+        fs::set_permissions(&config_path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        Daemon {
+            log: dir.path().join("daemon.log"),
+            dir,
+            mnt,
+            config: config_path,
+            child: None,
+            secrets: Vec::new(),
+        }
+    }
+
+    pub fn start(config: &str) -> Daemon {
+        let mut daemon = Self::prepare(config);
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.mnt.join(relative)
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// Registers values the daemon must never log.
+    pub fn secret(&mut self, value: &str) {
+        self.secrets.push(value.to_string());
+    }
+
+    pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let mut command = Command::new(BIN);
+        command
+            .args(["--log-level", "debug", "mount", "--config"])
+            .arg(&self.config)
+            .arg(&self.mnt)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("spawn credfs");
+        self.child = Some(child);
+        let status = self.mnt.join("status.json");
+        let mnt = self.mnt.clone();
+        let log_path = self.log.clone();
+        let child = self.child.as_mut().expect("child");
+        wait_for("the mount", Duration::from_secs(20), || {
+            if let Ok(Some(exit)) = child.try_wait() {
+                panic!("credfs exited with {exit}: {}", fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            is_mounted(&mnt) && status.exists()
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Stops the daemon with `signal` and returns its exit status, after
+    /// checking that no secret reached its log.
+    pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
+        self.signal(signal);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "credfs did not exit on signal {signal}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        self.assert_no_secret_in(&self.log(), "the daemon log");
+        status
+    }
+
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    pub fn assert_no_secret_in(&self, text: &str, place: &str) {
+        for secret in &self.secrets {
+            assert!(!text.contains(secret.as_str()), "a secret reached {place}");
+        }
+    }
+
+    /// Kills the daemon without letting it unmount (a crash).
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop();
+            if !std::thread::panicking() {
+                assert!(status.success(), "credfs exited with {status}: {}", self.log());
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+        }
+    }
+}
+
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+pub fn sh(script: &str) -> Output {
+    run("sh", &["-c", script])
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Writes a real ZIP archive of about `payload` random bytes with python's
+/// zipfile, and returns its path.
+pub fn make_zip(dir: &Path, name: &str, payload: usize) -> PathBuf {
+    let path = dir.join(name);
+    let script = format!(
+        "import os, zipfile\nwith zipfile.ZipFile({:?}, 'w') as z:\n    z.writestr('data.bin', os.urandom({payload}))\n    z.writestr('readme.txt', 'project {name}')\n",
+        path.to_string_lossy()
+    );
+    let out = run("python3", &["-c", &script]);
+    assert!(out.status.success(), "python3 zipfile: {}", stderr(&out));
+    path
+}
+
+pub fn sha256(path: &Path) -> String {
+    let out = run("sha256sum", &[&path.to_string_lossy()]);
+    assert!(out.status.success(), "sha256sum {}: {}", path.display(), stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The errno a raw open(2) of `path` fails with, via python (0 = success).
+pub fn open_errno(path: &Path, flags: &str) -> i32 {
+    let script = format!(
+        "import os, sys\ntry:\n    os.close(os.open({:?}, {flags}, 0o644))\n    print(0)\nexcept OSError as e:\n    print(e.errno)\n",
+        path.to_string_lossy()
+    );
+    let out = run("python3", &["-c", &script]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("errno")
+}
