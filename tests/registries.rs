@@ -47,7 +47,11 @@ api_key = "{GENERIC}"
 
 fn start() -> Daemon {
     let mut daemon = Daemon::prepare(&config());
-    fs::write(daemon.dir.path().join("ghcr-token"), format!("{FROM_FILE}\n")).unwrap();
+    fs::write(
+        daemon.dir.path().join("ghcr-token"),
+        format!("{FROM_FILE}\n"),
+    )
+    .unwrap();
     for secret in [LITERAL, FROM_FILE, FROM_ENV, GENERIC] {
         daemon.secret(secret);
     }
@@ -65,10 +69,17 @@ fn read(daemon: &Daemon, path: &str) -> Vec<u8> {
 fn tokens_are_the_exact_secret_bytes_from_every_source() {
     let daemon = start();
     assert_eq!(read(&daemon, "registries/hub/token"), LITERAL.as_bytes());
-    assert_eq!(read(&daemon, "registries/ghcr/token"), FROM_FILE.as_bytes(), "one newline dropped");
+    assert_eq!(
+        read(&daemon, "registries/ghcr/token"),
+        FROM_FILE.as_bytes(),
+        "one newline dropped"
+    );
     assert_eq!(read(&daemon, "registries/ngc/token"), FROM_ENV.as_bytes());
     assert_eq!(read(&daemon, "registries/ngc/username"), b"$oauthtoken");
-    assert_eq!(read(&daemon, "registries/ngc/password"), FROM_ENV.as_bytes());
+    assert_eq!(
+        read(&daemon, "registries/ngc/password"),
+        FROM_ENV.as_bytes()
+    );
     assert_eq!(read(&daemon, "registries/ghcr/registry"), b"ghcr.io/org");
     assert_eq!(read(&daemon, "registries/hub/expires_at"), b"");
     let auth: Value = serde_json::from_slice(&read(&daemon, "registries/hub/auth.json")).unwrap();
@@ -86,9 +97,15 @@ fn readers_that_trust_st_size_get_every_byte() {
     let token = daemon.path("registries/hub/token");
     let size = fs::metadata(&token).unwrap().len();
     assert_eq!(size, LITERAL.len() as u64);
-    let out = sh(&format!("head -c \"$(stat -c %s {0})\" {0}", token.display()));
+    let out = sh(&format!(
+        "head -c \"$(stat -c %s {0})\" {0}",
+        token.display()
+    ));
     assert_eq!(out.stdout, LITERAL.as_bytes());
-    let script = format!("import sys; sys.stdout.write(open({:?}).read())", token.to_string_lossy());
+    let script = format!(
+        "import sys; sys.stdout.write(open({:?}).read())",
+        token.to_string_lossy()
+    );
     assert_eq!(run("python3", &["-c", &script]).stdout, LITERAL.as_bytes());
 }
 
@@ -98,23 +115,50 @@ fn docker_config_lists_every_registry_with_credentials() {
     let config: Value = serde_json::from_slice(&read(&daemon, "docker/config.json")).unwrap();
     let auths = config["auths"].as_object().expect("auths");
     let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
-    assert_eq!(auths["docker.io"]["auth"], b64(format!("hubuser:{LITERAL}")));
-    assert_eq!(auths["https://index.docker.io/v1/"]["auth"], b64(format!("hubuser:{LITERAL}")));
-    assert_eq!(auths["ghcr.io/org"]["auth"], b64(format!("ghuser:{FROM_FILE}")));
-    assert_eq!(auths["nvcr.io"]["auth"], b64(format!("$oauthtoken:{FROM_ENV}")));
-    assert!(!auths.contains_key("localhost:5000"), "an open registry has no credential");
+    assert_eq!(
+        auths["docker.io"]["auth"],
+        b64(format!("hubuser:{LITERAL}"))
+    );
+    assert_eq!(
+        auths["https://index.docker.io/v1/"]["auth"],
+        b64(format!("hubuser:{LITERAL}"))
+    );
+    assert_eq!(
+        auths["ghcr.io/org"]["auth"],
+        b64(format!("ghuser:{FROM_FILE}"))
+    );
+    assert_eq!(
+        auths["nvcr.io"]["auth"],
+        b64(format!("$oauthtoken:{FROM_ENV}"))
+    );
+    assert!(
+        !auths.contains_key("localhost:5000"),
+        "an open registry has no credential"
+    );
     assert_eq!(auths.len(), 4);
 }
 
 #[test]
 fn an_unavailable_provider_fails_with_eio_and_status_says_why() {
     let daemon = start();
-    let out = run("cat", &[&daemon.path("registries/ecr/token").to_string_lossy()]);
+    let out = run(
+        "cat",
+        &[&daemon.path("registries/ecr/token").to_string_lossy()],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("Input/output error"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Input/output error"),
+        "{}",
+        stderr(&out)
+    );
     let status: Value = serde_json::from_slice(&read(&daemon, "status.json")).unwrap();
     assert_eq!(status["registries"]["ecr"]["state"], "error");
-    assert!(status["registries"]["ecr"]["reason"].as_str().unwrap().contains("ecr"));
+    assert!(
+        status["registries"]["ecr"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ecr")
+    );
     // One failing registry does not fail the others.
     assert_eq!(read(&daemon, "registries/hub/token"), LITERAL.as_bytes());
 }
@@ -134,7 +178,11 @@ fn status_reports_every_entry_and_no_secret() {
     let summary = run(BIN, &["status", &daemon.mnt.to_string_lossy()]);
     let summary_text = String::from_utf8_lossy(&summary.stdout).to_string();
     assert!(summary_text.contains("hub"), "{summary_text}");
-    assert_eq!(summary.status.code(), Some(1), "the ecr registry is in error once read");
+    assert_eq!(
+        summary.status.code(),
+        Some(1),
+        "the ecr registry is in error once read"
+    );
     daemon.assert_no_secret_in(&summary_text, "credfs status");
     assert!(daemon.stop().success());
 }
@@ -142,21 +190,36 @@ fn status_reports_every_entry_and_no_secret() {
 #[test]
 fn writes_outside_projects_are_refused() {
     let daemon = start();
-    for path in ["registries/hub/token", "secrets/wandb/api_key", "docker/config.json", "status.json"] {
+    for path in [
+        "registries/hub/token",
+        "secrets/wandb/api_key",
+        "docker/config.json",
+        "status.json",
+    ] {
         assert_eq!(
             open_errno(&daemon.path(path), "os.O_WRONLY"),
             libc::EACCES,
             "writing {path}"
         );
     }
-    for path in ["registries/hub/new", "secrets/wandb/new", "docker/new", "new", "projects/new.zip"] {
+    for path in [
+        "registries/hub/new",
+        "secrets/wandb/new",
+        "docker/new",
+        "new",
+        "projects/new.zip",
+    ] {
         assert_eq!(
             open_errno(&daemon.path(path), "os.O_WRONLY | os.O_CREAT"),
             libc::EACCES,
             "creating {path}"
         );
     }
-    assert_eq!(read(&daemon, "registries/hub/token"), LITERAL.as_bytes(), "unchanged");
+    assert_eq!(
+        read(&daemon, "registries/hub/token"),
+        LITERAL.as_bytes(),
+        "unchanged"
+    );
     let out = run("mkdir", &[&daemon.path("registries/x").to_string_lossy()]);
     assert!(!out.status.success());
 }
@@ -172,15 +235,30 @@ fn the_tree_lists_what_the_config_names() {
         names.sort();
         names
     };
-    assert_eq!(names(""), ["docker", "projects", "registries", "secrets", "status.json"]);
+    assert_eq!(
+        names(""),
+        ["docker", "projects", "registries", "secrets", "status.json"]
+    );
     assert_eq!(names("registries"), ["ecr", "ghcr", "hub", "ngc", "open"]);
     assert_eq!(
         names("registries/hub"),
-        ["auth.json", "expires_at", "password", "registry", "token", "username"]
+        [
+            "auth.json",
+            "expires_at",
+            "password",
+            "registry",
+            "token",
+            "username"
+        ]
     );
     assert_eq!(names("secrets/wandb"), ["api_key"]);
     let missing = fs::metadata(daemon.path("registries/nope")).unwrap_err();
     assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
-    let inode = |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(daemon.path(p)).unwrap());
-    assert_eq!(inode("registries/hub/token"), inode("registries/hub/token"), "stable inode numbers");
+    let inode =
+        |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(daemon.path(p)).unwrap());
+    assert_eq!(
+        inode("registries/hub/token"),
+        inode("registries/hub/token"),
+        "stable inode numbers"
+    );
 }

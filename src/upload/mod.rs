@@ -31,12 +31,17 @@ pub struct Uploads {
     files: Mutex<HashMap<Key, Arc<Pending>>>,
 }
 
-/// One open file descriptor writing into a pending file.
+/// One open file descriptor writing into a pending file. A descriptor that
+/// keeps an existing archive (opened for writing without O_TRUNC, as `zip`
+/// does to test that it may) starts its upload only when it first writes.
 pub struct WriteHandle {
-    pub pending: Arc<Pending>,
+    bucket_entry: Arc<Bucket>,
     pub bucket: String,
     pub name: String,
     opener_pid: u32,
+    target: tokio::sync::OnceCell<Arc<Pending>>,
+    /// The archive being modified, until the upload takes over.
+    original: Option<Box<dyn ObjectReader>>,
     state: Mutex<HandleState>,
 }
 
@@ -59,6 +64,30 @@ impl WriteHandle {
 
     pub fn is_archive(&self) -> bool {
         is_archive_name(&self.name)
+    }
+
+    pub fn size(&self) -> u64 {
+        match (self.target.get(), &self.original) {
+            (Some(pending), _) => pending.size(),
+            (None, Some(original)) => original.info().size,
+            (None, None) => 0,
+        }
+    }
+
+    pub fn modified(&self) -> SystemTime {
+        match (self.target.get(), &self.original) {
+            (Some(pending), _) => pending.modified(),
+            (None, Some(original)) => original.info().modified,
+            (None, None) => SystemTime::now(),
+        }
+    }
+
+    pub async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        match (self.target.get(), &self.original) {
+            (Some(pending), _) => pending.read_at(offset, len).await,
+            (None, Some(original)) => original.read_at(offset, len).await,
+            (None, None) => Ok(Vec::new()),
+        }
     }
 }
 
@@ -94,47 +123,70 @@ impl Uploads {
 
     /// Opens `name` for writing. An archive always gets an upload of its own
     /// (the last commit wins); a staging file is shared by its writers.
-    /// `seed` copies an existing archive in first, for writes that keep it.
+    /// `original` is an existing archive the writes modify: it is copied into
+    /// the upload at the first write.
     pub async fn open(
         &self,
         bucket_name: &str,
         bucket: Arc<Bucket>,
         name: &str,
         truncate: bool,
-        seed: Option<Box<dyn ObjectReader>>,
+        original: Option<Box<dyn ObjectReader>>,
         pid: u32,
     ) -> Result<Arc<WriteHandle>> {
-        let existing = if is_archive_name(name) {
-            None
-        } else {
-            self.get(bucket_name, name)
-        };
-        let pending = match existing {
-            Some(pending) => {
-                if truncate {
-                    pending.set_len(0).await?;
-                }
-                pending
-            }
-            None => {
-                let upload = bucket.store.begin_upload(bucket_name).await?;
-                let pending = Arc::new(Pending::new(bucket.clone(), upload));
-                if let Some(reader) = seed {
-                    copy_into(&pending, reader.as_ref()).await?;
-                }
-                self.files()
-                    .insert(Self::key(bucket_name, name), pending.clone());
-                pending
-            }
-        };
-        pending.add_writer();
-        Ok(Arc::new(WriteHandle {
-            pending,
+        let lazy = original.is_some();
+        let handle = Arc::new(WriteHandle {
+            bucket_entry: bucket,
             bucket: bucket_name.to_string(),
             name: name.to_string(),
             opener_pid: pid,
+            target: tokio::sync::OnceCell::new(),
+            original,
             state: Mutex::new(HandleState::default()),
-        }))
+        });
+        if !lazy {
+            let pending = self.target(&handle).await?;
+            if truncate {
+                pending.set_len(0).await?;
+            }
+        }
+        Ok(handle)
+    }
+
+    /// The pending file `handle` writes into, started on first use.
+    async fn target<'h>(&self, handle: &'h WriteHandle) -> Result<&'h Arc<Pending>> {
+        handle
+            .target
+            .get_or_try_init(|| async {
+                let existing = match is_archive_name(&handle.name) {
+                    true => None,
+                    false => self.get(&handle.bucket, &handle.name),
+                };
+                let pending = match existing {
+                    Some(pending) => pending,
+                    None => {
+                        let store = &handle.bucket_entry.store;
+                        let upload = store.begin_upload(&handle.bucket).await?;
+                        let pending = Arc::new(Pending::new(handle.bucket_entry.clone(), upload));
+                        if let Some(original) = &handle.original {
+                            copy_into(&pending, original.as_ref()).await?;
+                        }
+                        self.files()
+                            .insert(Self::key(&handle.bucket, &handle.name), pending.clone());
+                        pending
+                    }
+                };
+                pending.add_writer();
+                Ok(pending)
+            })
+            .await
+    }
+
+    pub async fn set_len(&self, handle: &WriteHandle, len: u64) -> Result<()> {
+        let pending = self.target(handle).await?;
+        pending.set_len(len).await?;
+        handle.state().wrote = true;
+        Ok(())
     }
 
     pub async fn write(&self, handle: &WriteHandle, offset: u64, data: Vec<u8>) -> Result<u32> {
@@ -142,7 +194,7 @@ impl Uploads {
             return Err(e.clone());
         }
         let len = data.len() as u64;
-        if let Some(max) = handle.pending.bucket.max_object_size
+        if let Some(max) = handle.bucket_entry.max_object_size
             && offset + len > max
         {
             return Err(handle.fail(Error::new(
@@ -153,8 +205,8 @@ impl Uploads {
                 ),
             )));
         }
-        handle
-            .pending
+        let pending = self.target(handle).await.map_err(|e| handle.fail(e))?;
+        pending
             .write_at(offset, data)
             .await
             .map_err(|e| handle.fail(e))?;
@@ -181,13 +233,16 @@ impl Uploads {
                 return Ok(None);
             }
         }
+        let Some(pending) = handle.target.get() else {
+            return Ok(None);
+        };
         let path = format!("projects/{}/{}", handle.bucket, handle.name);
-        let outcome = handle.pending.commit(&handle.name, false).await;
+        let outcome = pending.commit(&handle.name, false).await;
         match &outcome {
             Ok(info) => info!(path, size = info.size, "archive committed"),
             Err(e) => warn!(path, error = %e, "archive refused"),
         }
-        self.remove_if_same(&handle.bucket, &handle.name, &handle.pending);
+        self.remove_if_same(&handle.bucket, &handle.name, pending);
         handle.state().outcome = Some(outcome.clone());
         outcome.map(Some)
     }
@@ -195,14 +250,15 @@ impl Uploads {
     /// Finishes what the writer's close could not (it never came, or the
     /// writer handed its descriptor on and exited).
     pub async fn release(&self, handle: &WriteHandle) -> Option<ObjectInfo> {
-        handle.pending.remove_writer();
+        let pending = handle.target.get()?;
+        pending.remove_writer();
         if !handle.is_archive() {
             return None;
         }
         let committed = self.commit(handle).await.ok().flatten();
         if matches!(handle.state().outcome, Some(Err(_))) {
-            handle.pending.abort().await;
-            self.remove_if_same(&handle.bucket, &handle.name, &handle.pending);
+            pending.abort().await;
+            self.remove_if_same(&handle.bucket, &handle.name, pending);
         }
         committed
     }

@@ -297,8 +297,8 @@ impl CredFs {
             return Ok(Attr {
                 ino,
                 kind: Kind::File,
-                size: handle.pending.size(),
-                mtime: handle.pending.modified(),
+                size: handle.size(),
+                mtime: handle.modified(),
                 ownership: self.ownership(&ns, &node),
             });
         }
@@ -313,7 +313,7 @@ impl CredFs {
             let node = self.node(ino)?;
             let handle = fh.and_then(|fh| self.handles.get(fh));
             match (handle.as_deref(), &node) {
-                (Some(Handle::Write(h)), _) => h.pending.set_len(size).await?,
+                (Some(Handle::Write(h)), _) => self.uploads.set_len(h, size).await?,
                 (_, Node::Archive(b, n)) => match self.uploads.get(b, n) {
                     Some(pending) => pending.set_len(size).await?,
                     None => {
@@ -441,7 +441,7 @@ impl CredFs {
             }
             Handle::Archive(reader) => reader.read_at(offset, size).await,
             Handle::Pending(pending) => pending.read_at(offset, size).await,
-            Handle::Write(write) => write.pending.read_at(offset, size).await,
+            Handle::Write(write) => write.read_at(offset, size).await,
             Handle::Dir(_) => Err(Error::new(ErrorKind::IsADirectory, "a directory")),
         }
     }

@@ -89,13 +89,13 @@ impl CredFs {
         if flags.write || flags.truncate {
             let (bucket, entry) = self.writable_bucket(ns, &Node::Bucket(bucket.into()))?;
             let keeps_content = !flags.truncate && is_archive_name(name);
-            let seed = match keeps_content && entry.store.stat(&bucket, name).await?.is_some() {
+            let original = match keeps_content && entry.store.stat(&bucket, name).await?.is_some() {
                 true => Some(entry.store.open(&bucket, name).await?),
                 false => None,
             };
             let handle = self
                 .uploads
-                .open(&bucket, entry, name, flags.truncate, seed, caller.pid)
+                .open(&bucket, entry, name, flags.truncate, original, caller.pid)
                 .await?;
             return Ok(Opened {
                 fh: self.handles.insert(Handle::Write(handle)),
@@ -149,7 +149,7 @@ impl CredFs {
             ino: self.inodes.ino(&node),
             kind: Kind::File,
             size: 0,
-            mtime: handle.pending.modified(),
+            mtime: handle.modified(),
             ownership,
         };
         let opened = Opened {

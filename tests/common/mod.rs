@@ -34,7 +34,10 @@ pub fn require_program(name: &str) {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(found, "{name} is not installed: run tests/run.sh, which installs what the tests need");
+    assert!(
+        found,
+        "{name} is not installed: run tests/run.sh, which installs what the tests need"
+    );
 }
 
 pub struct Daemon {
@@ -51,7 +54,10 @@ impl Daemon {
     /// A scratch directory with `config.toml` (mode 0600), `mnt/` and `store/`.
     /// `@DIR@` in the config text is replaced by the scratch directory.
     pub fn prepare(config: &str) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("credfs-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("credfs-test-")
+            .tempdir()
+            .expect("tempdir");
         let mnt = dir.path().join("mnt");
         fs::create_dir_all(&mnt).expect("mnt");
         fs::create_dir_all(dir.path().join("store")).expect("store");
@@ -117,7 +123,10 @@ impl Daemon {
         let child = self.child.as_mut().expect("child");
         wait_for("the mount", Duration::from_secs(20), || {
             if let Ok(Some(exit)) = child.try_wait() {
-                panic!("credfs exited with {exit}: {}", fs::read_to_string(&log_path).unwrap_or_default());
+                panic!(
+                    "credfs exited with {exit}: {}",
+                    fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
             is_mounted(&mnt) && status.exists()
         });
@@ -146,7 +155,10 @@ impl Daemon {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
             }
-            assert!(Instant::now() < deadline, "credfs did not exit on signal {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "credfs did not exit on signal {signal}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         };
         self.assert_no_secret_in(&self.log(), "the daemon log");
@@ -176,11 +188,18 @@ impl Drop for Daemon {
         if self.child.is_some() {
             let status = self.stop();
             if !std::thread::panicking() {
-                assert!(status.success(), "credfs exited with {status}: {}", self.log());
+                assert!(
+                    status.success(),
+                    "credfs exited with {status}: {}",
+                    self.log()
+                );
             }
         }
         if is_mounted(&self.mnt) {
-            let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mnt)
+                .status();
         }
     }
 }
@@ -216,7 +235,12 @@ pub fn make_zip(dir: &Path, name: &str, payload: usize) -> PathBuf {
 
 pub fn sha256(path: &Path) -> String {
     let out = run("sha256sum", &[&path.to_string_lossy()]);
-    assert!(out.status.success(), "sha256sum {}: {}", path.display(), stderr(&out));
+    assert!(
+        out.status.success(),
+        "sha256sum {}: {}",
+        path.display(),
+        stderr(&out)
+    );
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -231,5 +255,8 @@ pub fn open_errno(path: &Path, flags: &str) -> i32 {
         path.to_string_lossy()
     );
     let out = run("python3", &["-c", &script]);
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("errno")
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("errno")
 }

@@ -1,0 +1,438 @@
+//! Project archives in a `filesystem` store, written and read by real tools.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const CONFIG: &str = r#"
+[stores.disk]
+provider = "filesystem"
+root = "@DIR@/store"
+buckets = ["b", "other"]
+max_object_size = "2MiB"
+[stores.frozen]
+provider = "filesystem"
+root = "@DIR@/frozen"
+buckets = ["ro"]
+read_only = true
+"#;
+
+fn start() -> (Daemon, PathBuf) {
+    let daemon = Daemon::start(CONFIG);
+    let src = daemon.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    (daemon, src)
+}
+
+/// What the store holds for bucket `b`, hidden upload files included.
+fn stored(daemon: &Daemon) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(daemon.store().join("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn assert_fails(out: &std::process::Output, message: &str) {
+    assert!(!out.status.success(), "expected failure with {message}");
+    assert!(
+        stderr(out).contains(message),
+        "expected {message:?} in {:?}",
+        stderr(out)
+    );
+}
+
+#[test]
+fn ls_shows_buckets_and_archives_with_sizes_and_times() {
+    let (daemon, src) = start();
+    let zip = make_zip(&src, "a.zip", 1000);
+    fs::copy(&zip, daemon.store().join("b/outside.zip")).unwrap();
+    fs::write(daemon.store().join("b/notes.txt"), "not an archive").unwrap();
+    let mut buckets: Vec<String> = fs::read_dir(daemon.path("projects"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    buckets.sort();
+    assert_eq!(buckets, ["b", "other", "ro"]);
+    let out = run(
+        "ls",
+        &[
+            "-l",
+            "--time-style=+%s",
+            &daemon.path("projects/b").to_string_lossy(),
+        ],
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with("outside.zip"))
+        .expect("listed");
+    let size = fs::metadata(&zip).unwrap().len().to_string();
+    assert!(line.split_whitespace().any(|f| f == size), "{line}");
+    assert!(
+        !listing.contains("notes.txt"),
+        "only archives are listed: {listing}"
+    );
+    let mounted = fs::metadata(daemon.path("projects/b/outside.zip")).unwrap();
+    let on_disk = fs::metadata(daemon.store().join("b/outside.zip")).unwrap();
+    assert_eq!(mounted.modified().unwrap(), on_disk.modified().unwrap());
+}
+
+#[test]
+fn cp_uploads_and_every_reader_gets_the_same_bytes() {
+    let (daemon, src) = start();
+    let zip = make_zip(&src, "build.zip", 700_000);
+    let target = daemon.path("projects/b/p1.zip");
+    let out = run("cp", &[&zip.to_string_lossy(), &target.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stored(&daemon), ["p1.zip"], "no temporary file is left");
+    assert_eq!(sha256(&daemon.store().join("b/p1.zip")), sha256(&zip));
+    assert_eq!(sha256(&target), sha256(&zip));
+    let cat = run("cat", &[&target.to_string_lossy()]);
+    assert_eq!(cat.stdout, fs::read(&zip).unwrap());
+    let copy = src.join("back.zip");
+    assert!(
+        run("cp", &[&target.to_string_lossy(), &copy.to_string_lossy()])
+            .status
+            .success()
+    );
+    assert_eq!(sha256(&copy), sha256(&zip));
+    let unzip = run("unzip", &["-t", &target.to_string_lossy()]);
+    assert!(
+        unzip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unzip.stdout)
+    );
+    assert_eq!(
+        fs::metadata(&target).unwrap().len(),
+        fs::metadata(&zip).unwrap().len()
+    );
+    assert!(run("rm", &[&target.to_string_lossy()]).status.success());
+    assert!(stored(&daemon).is_empty());
+    assert_eq!(
+        fs::metadata(&target).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+}
+
+#[test]
+fn bad_archives_fail_at_close_and_keep_the_old_one() {
+    let (daemon, src) = start();
+    let good = make_zip(&src, "good.zip", 50_000);
+    let target = daemon.path("projects/b/p.zip");
+    assert!(
+        run("cp", &[&good.to_string_lossy(), &target.to_string_lossy()])
+            .status
+            .success()
+    );
+    let before = sha256(&target);
+
+    let not_zip = src.join("not.zip");
+    fs::write(&not_zip, vec![b'x'; 10_000]).unwrap();
+    let out = run(
+        "cp",
+        &[&not_zip.to_string_lossy(), &target.to_string_lossy()],
+    );
+    assert_fails(&out, "failed to close");
+    assert_fails(&out, "Invalid argument");
+
+    let truncated = src.join("truncated.zip");
+    let bytes = fs::read(&good).unwrap();
+    fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    let out = run(
+        "cp",
+        &[&truncated.to_string_lossy(), &target.to_string_lossy()],
+    );
+    assert_fails(&out, "Invalid argument");
+
+    let fresh = daemon.path("projects/b/fresh.zip");
+    let out = run(
+        "cp",
+        &[&not_zip.to_string_lossy(), &fresh.to_string_lossy()],
+    );
+    assert_fails(&out, "Invalid argument");
+
+    assert_eq!(sha256(&target), before, "the old archive is intact");
+    assert_eq!(
+        stored(&daemon),
+        ["p.zip"],
+        "nothing else stored, no temporary left"
+    );
+    assert!(daemon.log().contains("archive refused"));
+}
+
+#[test]
+fn archives_over_max_object_size_fail_with_efbig() {
+    let (daemon, src) = start();
+    let big = make_zip(&src, "big.zip", 3 << 20);
+    let out = run(
+        "cp",
+        &[
+            &big.to_string_lossy(),
+            &daemon.path("projects/b/big.zip").to_string_lossy(),
+        ],
+    );
+    assert_fails(&out, "File too large");
+    assert!(stored(&daemon).is_empty());
+}
+
+#[test]
+fn read_only_stores_answer_erofs() {
+    let (daemon, src) = start();
+    let zip = make_zip(&src, "a.zip", 100);
+    fs::copy(&zip, daemon.dir.path().join("frozen/ro/kept.zip")).unwrap();
+    let out = run(
+        "cp",
+        &[
+            &zip.to_string_lossy(),
+            &daemon.path("projects/ro/new.zip").to_string_lossy(),
+        ],
+    );
+    assert_fails(&out, "Read-only file system");
+    let kept = daemon.path("projects/ro/kept.zip");
+    assert_eq!(open_errno(&kept, "os.O_WRONLY | os.O_TRUNC"), libc::EROFS);
+    assert_fails(
+        &run("rm", &["-f", &kept.to_string_lossy()]),
+        "Read-only file system",
+    );
+    let renamed = daemon.path("projects/ro/moved.zip");
+    assert_fails(
+        &run("mv", &[&kept.to_string_lossy(), &renamed.to_string_lossy()]),
+        "Read-only file system",
+    );
+    assert_eq!(sha256(&kept), sha256(&zip), "still readable, unchanged");
+}
+
+/// Every common way of writing a file, each through its own open/seek/rename
+/// pattern.
+#[test]
+fn every_common_writer_works() {
+    let (daemon, src) = start();
+    let zip = make_zip(&src, "w.zip", 400_000);
+    let (z, b) = (zip.to_string_lossy().to_string(), daemon.path("projects/b"));
+    let dst = |name: &str| b.join(name).to_string_lossy().to_string();
+    let writers: Vec<(&str, String)> = vec![
+        ("cp.zip", format!("cp {z} {}", dst("cp.zip"))),
+        ("cp-p.zip", format!("cp -p {z} {}", dst("cp-p.zip"))),
+        ("cat.zip", format!("cat {z} > {}", dst("cat.zip"))),
+        (
+            "dd.zip",
+            format!("dd if={z} of={} bs=1M status=none", dst("dd.zip")),
+        ),
+        (
+            "shutil-copy.zip",
+            format!(
+                "python3 -c 'import shutil; shutil.copy(\"{z}\", \"{}\")'",
+                dst("shutil-copy.zip")
+            ),
+        ),
+        (
+            "shutil-copyfile.zip",
+            format!(
+                "python3 -c 'import shutil; shutil.copyfile(\"{z}\", \"{}\")'",
+                dst("shutil-copyfile.zip")
+            ),
+        ),
+        (
+            "install.zip",
+            format!("install -m 0644 {z} {}", dst("install.zip")),
+        ),
+        ("rsync.zip", format!("rsync {z} {}", dst("rsync.zip"))),
+    ];
+    for (name, script) in &writers {
+        let out = sh(script);
+        assert!(out.status.success(), "{script}: {}", stderr(&out));
+        assert_eq!(sha256(&b.join(name)), sha256(&zip), "{script}");
+    }
+    // Overwriting an existing archive with each tool works too.
+    for (name, script) in &writers {
+        let out = sh(script);
+        assert!(out.status.success(), "again: {script}: {}", stderr(&out));
+        assert_eq!(sha256(&b.join(name)), sha256(&zip), "again: {script}");
+    }
+    let mut expected: Vec<String> = writers.iter().map(|(n, _)| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        stored(&daemon),
+        expected,
+        "no staging or temporary files left"
+    );
+}
+
+#[test]
+fn zip_writing_in_place_through_a_temporary_name_works() {
+    let (daemon, src) = start();
+    let tree = src.join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    fs::write(tree.join("a.txt"), "alpha").unwrap();
+    fs::write(tree.join("sub/b.bin"), vec![7u8; 200_000]).unwrap();
+    let target = daemon.path("projects/b/x.zip");
+    let out = sh(&format!(
+        "cd {} && zip -qr {} tree",
+        src.display(),
+        target.display()
+    ));
+    assert!(out.status.success(), "zip: {}", stderr(&out));
+    let listing = run("unzip", &["-l", &target.to_string_lossy()]);
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(
+        listing.contains("tree/sub/b.bin") && listing.contains("tree/a.txt"),
+        "{listing}"
+    );
+    // zip updates an existing archive the same way.
+    fs::write(tree.join("c.txt"), "gamma").unwrap();
+    let out = sh(&format!(
+        "cd {} && zip -qr {} tree",
+        src.display(),
+        target.display()
+    ));
+    assert!(out.status.success(), "zip update: {}", stderr(&out));
+    let listing = run("unzip", &["-l", &target.to_string_lossy()]);
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("tree/c.txt"));
+    assert_eq!(stored(&daemon), ["x.zip"]);
+}
+
+#[test]
+fn staging_files_commit_only_by_rename_to_a_checked_archive() {
+    let (daemon, src) = start();
+    let zip = make_zip(&src, "s.zip", 10_000);
+    let staging = daemon.path("projects/b/upload.tmp");
+    assert!(
+        run("cp", &[&zip.to_string_lossy(), &staging.to_string_lossy()])
+            .status
+            .success()
+    );
+    assert!(
+        stored(&daemon)
+            .iter()
+            .all(|n| n.starts_with(".credfs-upload-")),
+        "staged, not stored"
+    );
+    assert_eq!(
+        fs::metadata(&staging).unwrap().len(),
+        fs::metadata(&zip).unwrap().len()
+    );
+    assert_eq!(sha256(&staging), sha256(&zip), "a staging file reads back");
+    let target = daemon.path("projects/b/final.zip");
+    fs::rename(&staging, &target).unwrap();
+    assert_eq!(stored(&daemon), ["final.zip"]);
+    assert_eq!(sha256(&target), sha256(&zip));
+
+    let bad = daemon.path("projects/b/bad.tmp");
+    fs::write(src.join("junk"), vec![1u8; 5000]).unwrap();
+    assert!(
+        run(
+            "cp",
+            &[&src.join("junk").to_string_lossy(), &bad.to_string_lossy()]
+        )
+        .status
+        .success()
+    );
+    let err = fs::rename(&bad, daemon.path("projects/b/bad.zip")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    assert!(fs::metadata(&bad).is_ok(), "a refused rename loses nothing");
+    assert!(fs::metadata(daemon.path("projects/b/bad.zip")).is_err());
+    fs::remove_file(&bad).unwrap();
+    assert_eq!(stored(&daemon), ["final.zip"]);
+
+    // Renaming an archive moves it; across buckets is EXDEV (mv copies).
+    let moved = daemon.path("projects/b/moved.zip");
+    fs::rename(&target, &moved).unwrap();
+    assert_eq!(stored(&daemon), ["moved.zip"]);
+    let err = fs::rename(&moved, daemon.path("projects/other/m.zip")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
+    let out = run(
+        "mv",
+        &[
+            &moved.to_string_lossy(),
+            &daemon.path("projects/other/m.zip").to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256(&daemon.store().join("other/m.zip")), sha256(&zip));
+    let err = fs::rename(
+        daemon.path("projects/other/m.zip"),
+        daemon.path("projects/other/m.txt"),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EINVAL),
+        "an archive keeps a .zip name"
+    );
+}
+
+#[test]
+fn concurrent_readers_and_writers_see_no_error_and_intact_archives() {
+    let (daemon, src) = start();
+    let bucket = daemon.path("projects/b");
+    let mut archives = Vec::new();
+    for i in 0..4 {
+        let zip = make_zip(&src, &format!("c{i}.zip"), 300_000 + i * 1000);
+        archives.push((zip.clone(), sha256(&zip)));
+        fs::copy(&zip, bucket.join(format!("read{i}.zip"))).unwrap();
+    }
+    let token_dir = daemon.path("status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    std::thread::scope(|scope| {
+        for reader in 0..32 {
+            let (bucket, archives, token_dir) = (&bucket, &archives, &token_dir);
+            scope.spawn(move || {
+                let mut rounds = 0;
+                while std::time::Instant::now() < deadline || rounds == 0 {
+                    let i = (reader + rounds) % archives.len();
+                    let bytes = fs::read(bucket.join(format!("read{i}.zip"))).expect("read");
+                    assert_eq!(bytes, fs::read(&archives[i].0).unwrap(), "reader {reader}");
+                    fs::read(token_dir).expect("status");
+                    rounds += 1;
+                }
+            });
+        }
+        for writer in 0..4 {
+            let (bucket, archives) = (&bucket, &archives);
+            scope.spawn(move || {
+                let mut rounds = 0;
+                while std::time::Instant::now() < deadline || rounds == 0 {
+                    let (zip, _) = &archives[(writer + rounds) % archives.len()];
+                    let target = bucket.join(format!("w{writer}.zip"));
+                    let out = run("cp", &[&zip.to_string_lossy(), &target.to_string_lossy()]);
+                    assert!(out.status.success(), "writer {writer}: {}", stderr(&out));
+                    rounds += 1;
+                }
+            });
+        }
+    });
+    for writer in 0..4 {
+        let sum = sha256(&bucket.join(format!("w{writer}.zip")));
+        assert!(
+            archives.iter().any(|(_, s)| *s == sum),
+            "w{writer}.zip is one whole archive"
+        );
+        let unzip = run(
+            "unzip",
+            &[
+                "-tq",
+                &bucket.join(format!("w{writer}.zip")).to_string_lossy(),
+            ],
+        );
+        assert!(unzip.status.success());
+    }
+    assert!(
+        stored(&daemon).iter().all(|n| !n.starts_with('.')),
+        "{:?}",
+        stored(&daemon)
+    );
+}
+
+#[test]
+fn leftover_uploads_of_a_crashed_daemon_are_removed_at_start() {
+    let mut daemon = Daemon::prepare(CONFIG);
+    fs::create_dir_all(daemon.store().join("b")).unwrap();
+    fs::write(daemon.store().join("b/.credfs-upload-123-0"), "partial").unwrap();
+    daemon.spawn();
+    assert!(stored(&daemon).is_empty());
+    let _: &Path = daemon.mnt.as_path();
+}
