@@ -1,0 +1,279 @@
+//! `credfs check` and `credfs mount` on good and bad config files.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+struct ConfigFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn config_file(text: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credfs.toml");
+    fs::write(&path, text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    ConfigFile { _dir: dir, path }
+}
+
+/// Runs `credfs check` and returns (exit code, stdout, stderr).
+fn check(file: &ConfigFile) -> (Option<i32>, String, String) {
+    let out = run(BIN, &["check", "--config", &file.path.to_string_lossy()]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+fn assert_refused(text: &str, location: &str, message: &str) {
+    let file = config_file(text);
+    let (code, _, err) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    let expected = format!("{}:{location}: {message}", file.path.display());
+    assert!(err.contains(&expected), "expected {expected:?} in {err:?}");
+}
+
+const GOOD: &str = r#"
+[registries.hub]
+provider = "static"
+registry = "docker.io"
+username = "u"
+password = "p"
+[stores.disk]
+provider = "filesystem"
+root = "/var/tmp/credfs-check-test"
+buckets = ["b"]
+"#;
+
+#[test]
+fn a_good_config_passes() {
+    let file = config_file(GOOD);
+    let (code, out, err) = check(&file);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(": ok (1 registries, 1 stores, 0 secret groups)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_default_config_passes() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/credfs.toml");
+    let out = run(BIN, &["check", "--config", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn every_example_config_parses() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/examples");
+    let mut seen = 0;
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = fs::read_to_string(&path).unwrap();
+        // Examples name env variables and files of a real host: check syntax
+        // and schema with those sources replaced by literals.
+        let text = regex_free_replace(&text);
+        let file = config_file(&text);
+        let (code, _, err) = check(&file);
+        assert_eq!(code, Some(0), "{}: {err}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 5, "one example per real setup");
+}
+
+/// `{ env = "X" }` and `{ file = "X" }` become "X".
+fn regex_free_replace(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let replaced = match (line.find("{ env = "), line.find("{ file = ")) {
+            (Some(at), _) | (_, Some(at)) => {
+                let value_start = line[at..].find('"').map(|i| at + i).unwrap_or(at);
+                let value_end = line[value_start + 1..]
+                    .find('"')
+                    .map(|i| value_start + 1 + i)
+                    .unwrap_or(line.len());
+                format!("{}{}", &line[..at], &line[value_start..=value_end])
+            }
+            _ => line.to_string(),
+        };
+        out.push_str(&replaced);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn bad_toml_is_refused_with_its_location() {
+    assert_refused("[mount\npath = 1\n", "1:7", "");
+    assert_refused(
+        "[mount]\npath = \"/x\"\npath = \"/y\"\n",
+        "3:1",
+        "duplicate key",
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    assert_refused(
+        "[mount]\nallow_others = true\n",
+        "2:1",
+        "unknown field `allow_others`",
+    );
+    assert_refused(
+        "[registries.x]\nprovider = \"static\"\nregistry = \"r\"\nusername = \"u\"\npassword = \"p\"\nregion = \"eu-west-1\"\n",
+        "6:10",
+        "key `region` is not valid for provider `static`",
+    );
+}
+
+#[test]
+fn missing_fields_are_refused() {
+    assert_refused(
+        "[registries.x]\nregistry = \"r\"\n",
+        "1:1",
+        "missing field `provider`",
+    );
+    assert_refused(
+        "[registries.e]\nprovider = \"ecr\"\n",
+        "1:1",
+        "missing field `region`",
+    );
+    assert_refused(
+        "[stores.s]\nprovider = \"filesystem\"\nbuckets = [\"b\"]\n",
+        "1:1",
+        "missing field `root`",
+    );
+}
+
+#[test]
+fn unknown_providers_are_refused() {
+    assert_refused(
+        "[registries.x]\nprovider = \"quay\"\n",
+        "2:12",
+        "unknown registry provider `quay`",
+    );
+    assert_refused(
+        "[stores.x]\nprovider = \"ftp\"\nbuckets = [\"b\"]\n",
+        "2:12",
+        "unknown store provider `ftp`",
+    );
+}
+
+#[test]
+fn duplicate_buckets_are_refused() {
+    assert_refused(
+        "[stores.a]\nprovider = \"filesystem\"\nroot = \"/a\"\nbuckets = [\"b\"]\n[stores.c]\nprovider = \"filesystem\"\nroot = \"/c\"\nbuckets = [\"b\"]\n",
+        "8:12",
+        "duplicate bucket `b`: already served by store `a`",
+    );
+}
+
+#[test]
+fn invalid_names_are_refused() {
+    assert_refused(
+        "[secrets.\"a b\"]\nk = \"v\"\n",
+        "1:10",
+        "invalid secret group name `a b`",
+    );
+    assert_refused(
+        "[stores.a]\nprovider = \"filesystem\"\nroot = \"/a\"\nbuckets = [\"../up\"]\n",
+        "4:12",
+        "invalid bucket name `../up`",
+    );
+}
+
+#[test]
+fn missing_secret_sources_are_refused() {
+    assert_refused(
+        "[secrets.g]\nk = { file = \"/nonexistent/credfs/secret\" }\n",
+        "2:5",
+        "cannot read secret file `/nonexistent/credfs/secret`: No such file or directory",
+    );
+    assert_refused(
+        "[secrets.g]\nk = { env = \"CREDFS_CHECK_TEST_UNSET\" }\n",
+        "2:5",
+        "environment variable `CREDFS_CHECK_TEST_UNSET` is not set",
+    );
+}
+
+#[test]
+fn group_or_world_writable_configs_are_refused() {
+    for mode in [0o620, 0o602, 0o666] {
+        let file = config_file(GOOD);
+        fs::set_permissions(&file.path, fs::Permissions::from_mode(mode)).unwrap();
+        let (code, _, err) = check(&file);
+        assert_eq!(code, Some(1));
+        let expected = format!(
+            "{}:1:1: config file is group- or world-writable (mode {mode:04o})",
+            file.path.display()
+        );
+        assert!(err.contains(&expected), "{err}");
+    }
+}
+
+#[test]
+fn configs_owned_by_another_user_are_refused() {
+    let file = config_file(GOOD);
+    std::os::unix::fs::chown(&file.path, Some(1000), Some(1000)).unwrap();
+    let (code, _, err) = check(&file);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(":1:1: config file is owned by uid 1000, not by the daemon's uid 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mount_refuses_a_bad_config_with_the_same_message() {
+    let file = config_file("[registries.x]\nprovider = \"quay\"\n");
+    let (_, _, check_err) = check(&file);
+    let mnt = tempfile::tempdir().unwrap();
+    let out = run(
+        BIN,
+        &[
+            "mount",
+            "--config",
+            &file.path.to_string_lossy(),
+            &mnt.path().to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), check_err);
+    assert!(!is_mounted(mnt.path()));
+}
+
+#[test]
+fn a_missing_config_file_is_refused() {
+    let out = run(BIN, &["check", "--config", "/nonexistent/credfs.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with("/nonexistent/credfs.toml:1:1: cannot read config: No such file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn probe_reports_each_entry_without_secrets() {
+    let file = config_file(
+        "[registries.hub]\nprovider = \"static\"\nregistry = \"docker.io\"\nusername = \"u\"\npassword = \"probe-secret-77\"\n[registries.ecr]\nprovider = \"ecr\"\nregion = \"us-east-1\"\n",
+    );
+    let out = run(
+        BIN,
+        &["check", "--probe", "--config", &file.path.to_string_lossy()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the ecr registry cannot be fetched"
+    );
+    assert!(text.contains("registry hub: ok"), "{text}");
+    assert!(text.contains("registry ecr: error:"), "{text}");
+    assert!(!text.contains("probe-secret-77"));
+}
