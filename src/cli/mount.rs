@@ -49,6 +49,9 @@ async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String
         .ok_or("no mount point: give MOUNTPOINT or set [mount] path")?;
     let shown = mountpoint.display().to_string();
     fuse::clean_stale_mount(&mountpoint).map_err(|e| format!("{shown}: {e}"))?;
+    if fuse::is_credfs_mount(&mountpoint) {
+        return Err(format!("{shown} is already served by a running credfs"));
+    }
     std::fs::create_dir_all(&mountpoint).map_err(|e| format!("{shown}: {e}"))?;
     let options = MountOptions {
         allow_other: config.mount.allow_other,

@@ -7,4 +7,4 @@ mod stale;
 
 pub use adapter::FuseAdapter;
 pub use session::{MountOptions, Mounted, mount};
-pub use stale::clean_stale_mount;
+pub use stale::{clean_stale_mount, is_credfs_mount};

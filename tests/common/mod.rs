@@ -128,7 +128,8 @@ impl Daemon {
                     fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
-            is_mounted(&mnt) && status.exists()
+            // Listing needs a live daemon; a stale mount answers ENOTCONN.
+            is_mounted(&mnt) && fs::read_dir(&mnt).is_ok() && fs::read(&status).is_ok()
         });
     }
 

@@ -1,0 +1,146 @@
+//! Mounting, signals, stale mounts, and the kernel enforcing owners and modes
+//! for other users and containers.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::time::Duration;
+
+const TOKEN: &str = "perm-token-6c5d4e";
+const SHARED: &str = "shared-token-9f8e7d";
+
+const CONFIG: &str = r#"
+[mount]
+allow_other = true
+dir_mode = "0555"
+file_mode = "0400"
+[registries.private]
+provider = "static"
+registry = "private.example"
+username = "u"
+password = "perm-token-6c5d4e"
+[registries.shared]
+provider = "static"
+registry = "shared.example"
+username = "u"
+password = "shared-token-9f8e7d"
+gid = 1000
+mode = "0440"
+"#;
+
+fn start() -> Daemon {
+    let mut daemon = Daemon::prepare(CONFIG);
+    daemon.secret(TOKEN);
+    daemon.secret(SHARED);
+    daemon.spawn();
+    daemon
+}
+
+#[test]
+fn sigint_and_sigterm_unmount_and_exit_zero() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut daemon = start();
+        assert!(is_mounted(&daemon.mnt));
+        let status = daemon.stop_with(signal);
+        assert_eq!(status.code(), Some(0), "signal {signal}: {}", daemon.log());
+        assert!(!is_mounted(&daemon.mnt), "unmounted after signal {signal}");
+    }
+}
+
+#[test]
+fn a_dead_mount_is_cleaned_up_and_mounted_again() {
+    let mut daemon = start();
+    daemon.crash();
+    let err = fs::read_dir(daemon.path("registries")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "Transport endpoint is not connected");
+    daemon.spawn();
+    let out = run("cat", &[&daemon.path("registries/private/token").to_string_lossy()]);
+    assert_eq!(out.stdout, TOKEN.as_bytes());
+    assert!(daemon.log().contains("removing a stale mount"));
+}
+
+#[test]
+fn the_kernel_enforces_owners_and_modes_for_other_users() {
+    require_program("setpriv");
+    let daemon = start();
+    let as_user = |path: &str| {
+        run(
+            "setpriv",
+            &["--reuid", "1000", "--regid", "1000", "--clear-groups", "cat", &daemon.path(path).to_string_lossy()],
+        )
+    };
+    let denied = as_user("registries/private/token");
+    assert!(!denied.status.success());
+    assert!(stderr(&denied).contains("Permission denied"), "{}", stderr(&denied));
+    let allowed = as_user("registries/shared/token");
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    assert_eq!(allowed.stdout, SHARED.as_bytes());
+    let other_group = run(
+        "setpriv",
+        &["--reuid", "1001", "--regid", "1001", "--clear-groups", "cat", &daemon.path("registries/shared/token").to_string_lossy()],
+    );
+    assert!(stderr(&other_group).contains("Permission denied"));
+    let meta = fs::metadata(daemon.path("registries/shared/token")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o440, 0, 1000));
+    let dir = fs::metadata(daemon.path("registries/shared")).unwrap();
+    assert_eq!((dir.mode() & 0o7777, dir.gid()), (0o550, 1000), "the directory follows its files");
+}
+
+#[test]
+fn a_container_reads_a_token_through_a_read_only_bind_mount() {
+    require_program("bwrap");
+    let daemon = start();
+    let source = daemon.path("registries/private");
+    let out = run(
+        "bwrap",
+        &[
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run",
+            "--ro-bind", &source.to_string_lossy(), "/run/secrets/private",
+            "cat", "/run/secrets/private/token",
+        ],
+    );
+    assert!(out.status.success(), "bwrap: {}", stderr(&out));
+    assert_eq!(out.stdout, TOKEN.as_bytes());
+
+    let target = daemon.dir.path().join("target");
+    fs::create_dir_all(&target).unwrap();
+    let script = format!(
+        "mount --bind -o ro {} {} && cat {}/token && (echo x > {}/token) 2>/dev/null; echo \" write=$?\"",
+        source.display(),
+        target.display(),
+        target.display(),
+        target.display()
+    );
+    let out = run("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.starts_with(TOKEN), "{text} {}", stderr(&out));
+    assert!(text.ends_with("write=1\n") || text.ends_with("write=2\n"), "{text}");
+}
+
+#[test]
+fn an_external_unmount_ends_the_daemon_cleanly() {
+    let mut daemon = start();
+    let out = run("fusermount3", &["-u", &daemon.mnt.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = daemon.pid() as i32;
+    wait_for("the daemon to exit", Duration::from_secs(10), || {
+        // Our child: once it exits it stays a zombie until we reap it.
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.contains(") Z "))
+            .unwrap_or(true)
+    });
+    let status = daemon.stop_with(0);
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_second_daemon_on_a_live_mount_is_refused() {
+    let daemon = start();
+    let out = run(BIN, &["mount", "--config", &daemon.config.to_string_lossy(), &daemon.mnt.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is already served by a running credfs"), "{}", stderr(&out));
+    let token = run("cat", &[&daemon.path("registries/private/token").to_string_lossy()]);
+    assert_eq!(token.stdout, TOKEN.as_bytes(), "the first daemon keeps serving");
+}
