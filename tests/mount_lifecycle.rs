@@ -53,9 +53,16 @@ fn a_dead_mount_is_cleaned_up_and_mounted_again() {
     let mut daemon = start();
     daemon.crash();
     let err = fs::read_dir(daemon.path("registries")).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "Transport endpoint is not connected");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "Transport endpoint is not connected"
+    );
     daemon.spawn();
-    let out = run("cat", &[&daemon.path("registries/private/token").to_string_lossy()]);
+    let out = run(
+        "cat",
+        &[&daemon.path("registries/private/token").to_string_lossy()],
+    );
     assert_eq!(out.stdout, TOKEN.as_bytes());
     assert!(daemon.log().contains("removing a stale mount"));
 }
@@ -67,25 +74,52 @@ fn the_kernel_enforces_owners_and_modes_for_other_users() {
     let as_user = |path: &str| {
         run(
             "setpriv",
-            &["--reuid", "1000", "--regid", "1000", "--clear-groups", "cat", &daemon.path(path).to_string_lossy()],
+            &[
+                "--reuid",
+                "1000",
+                "--regid",
+                "1000",
+                "--clear-groups",
+                "cat",
+                &daemon.path(path).to_string_lossy(),
+            ],
         )
     };
     let denied = as_user("registries/private/token");
     assert!(!denied.status.success());
-    assert!(stderr(&denied).contains("Permission denied"), "{}", stderr(&denied));
+    assert!(
+        stderr(&denied).contains("Permission denied"),
+        "{}",
+        stderr(&denied)
+    );
     let allowed = as_user("registries/shared/token");
     assert!(allowed.status.success(), "{}", stderr(&allowed));
     assert_eq!(allowed.stdout, SHARED.as_bytes());
     let other_group = run(
         "setpriv",
-        &["--reuid", "1001", "--regid", "1001", "--clear-groups", "cat", &daemon.path("registries/shared/token").to_string_lossy()],
+        &[
+            "--reuid",
+            "1001",
+            "--regid",
+            "1001",
+            "--clear-groups",
+            "cat",
+            &daemon.path("registries/shared/token").to_string_lossy(),
+        ],
     );
     assert!(stderr(&other_group).contains("Permission denied"));
     let meta = fs::metadata(daemon.path("registries/shared/token")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o440, 0, 1000));
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o440, 0, 1000)
+    );
     let dir = fs::metadata(daemon.path("registries/shared")).unwrap();
-    assert_eq!((dir.mode() & 0o7777, dir.gid()), (0o550, 1000), "the directory follows its files");
+    assert_eq!(
+        (dir.mode() & 0o7777, dir.gid()),
+        (0o550, 1000),
+        "the directory follows its files"
+    );
 }
 
 #[test]
@@ -96,9 +130,20 @@ fn a_container_reads_a_token_through_a_read_only_bind_mount() {
     let out = run(
         "bwrap",
         &[
-            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run",
-            "--ro-bind", &source.to_string_lossy(), "/run/secrets/private",
-            "cat", "/run/secrets/private/token",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/run",
+            "--ro-bind",
+            &source.to_string_lossy(),
+            "/run/secrets/private",
+            "cat",
+            "/run/secrets/private/token",
         ],
     );
     assert!(out.status.success(), "bwrap: {}", stderr(&out));
@@ -113,10 +158,16 @@ fn a_container_reads_a_token_through_a_read_only_bind_mount() {
         target.display(),
         target.display()
     );
-    let out = run("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = run(
+        "unshare",
+        &["--mount", "--propagation", "private", "sh", "-c", &script],
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.starts_with(TOKEN), "{text} {}", stderr(&out));
-    assert!(text.ends_with("write=1\n") || text.ends_with("write=2\n"), "{text}");
+    assert!(
+        text.ends_with("write=1\n") || text.ends_with("write=2\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -138,9 +189,28 @@ fn an_external_unmount_ends_the_daemon_cleanly() {
 #[test]
 fn a_second_daemon_on_a_live_mount_is_refused() {
     let daemon = start();
-    let out = run(BIN, &["mount", "--config", &daemon.config.to_string_lossy(), &daemon.mnt.to_string_lossy()]);
+    let out = run(
+        BIN,
+        &[
+            "mount",
+            "--config",
+            &daemon.config.to_string_lossy(),
+            &daemon.mnt.to_string_lossy(),
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("is already served by a running credfs"), "{}", stderr(&out));
-    let token = run("cat", &[&daemon.path("registries/private/token").to_string_lossy()]);
-    assert_eq!(token.stdout, TOKEN.as_bytes(), "the first daemon keeps serving");
+    assert!(
+        stderr(&out).contains("is already served by a running credfs"),
+        "{}",
+        stderr(&out)
+    );
+    let token = run(
+        "cat",
+        &[&daemon.path("registries/private/token").to_string_lossy()],
+    );
+    assert_eq!(
+        token.stdout,
+        TOKEN.as_bytes(),
+        "the first daemon keeps serving"
+    );
 }
