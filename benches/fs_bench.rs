@@ -1,0 +1,239 @@
+//! credfs against its baselines, measured in one run (needs root for FUSE):
+//!   cargo bench --bench fs_bench
+//! Prints one table: token open+read+close latency next to tmpfs, `cp` of a
+//! 256 MiB archive into a filesystem store next to a plain `cp` to the same
+//! disk, and the daemon's peak RSS during the copies.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_credfs");
+const TOKEN: &str = "bench-token-0123456789abcdef0123456789abcdef";
+const LATENCY_ROUNDS: usize = 20_000;
+const CAT_ROUNDS: usize = 300;
+const ARCHIVE_MIB: usize = 256;
+const COPY_ROUNDS: usize = 3;
+
+struct Daemon {
+    child: Child,
+    mnt: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, sync: bool) -> Daemon {
+        let mnt = dir.join(format!("mnt-{sync}"));
+        fs::create_dir_all(&mnt).unwrap();
+        let config = dir.join(format!("config-{sync}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "[registries.bench]\nprovider = \"static\"\nregistry = \"r\"\nusername = \"u\"\npassword = \"{TOKEN}\"\n\
+                 [stores.disk]\nprovider = \"filesystem\"\nroot = \"{}\"\nbuckets = [\"b\"]\nsync = {sync}\n",
+                dir.join("store").display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+        let child = Command::new(BIN)
+            .args(["--log-level", "warn", "mount", "--config"])
+            .arg(&config)
+            .arg(&mnt)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("credfs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fs::read_dir(mnt.join("registries")).is_err() {
+            assert!(Instant::now() < deadline, "credfs did not mount");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon { child, mnt }
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// open + read + close of `path`, in this process: (p50, p99).
+fn read_latency(path: &Path) -> (Duration, Duration) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut samples = Vec::with_capacity(LATENCY_ROUNDS);
+    for _ in 0..LATENCY_ROUNDS {
+        buf.clear();
+        let start = Instant::now();
+        let mut file = fs::File::open(path).unwrap();
+        file.read_to_end(&mut buf).unwrap();
+        drop(file);
+        samples.push(start.elapsed());
+        assert_eq!(buf, TOKEN.as_bytes());
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// `cat path` as a separate process, as a shell script does: p50.
+fn cat_latency(path: &Path) -> Duration {
+    let mut samples: Vec<Duration> = (0..CAT_ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            let out = Command::new("cat").arg(path).output().unwrap();
+            assert_eq!(out.stdout, TOKEN.as_bytes());
+            start.elapsed()
+        })
+        .collect();
+    samples.sort();
+    percentile(&samples, 0.5)
+}
+
+fn make_archive(path: &Path) {
+    let script = format!(
+        "import os, zipfile\nwith zipfile.ZipFile({:?}, 'w', zipfile.ZIP_STORED) as z:\n    with z.open('payload.bin', 'w', force_zip64=True) as f:\n        for _ in range({ARCHIVE_MIB}):\n            f.write(os.urandom(1 << 20))\n",
+        path.to_string_lossy()
+    );
+    let status = Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Best of a few `cp src dst` runs, in MiB/s.
+fn cp_throughput(src: &Path, dst: &Path) -> f64 {
+    let size = fs::metadata(src).unwrap().len() as f64 / (1 << 20) as f64;
+    let mut best = Duration::MAX;
+    for _ in 0..COPY_ROUNDS {
+        let _ = fs::remove_file(dst);
+        let start = Instant::now();
+        let out = Command::new("cp").arg(src).arg(dst).output().unwrap();
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "cp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        best = best.min(took);
+    }
+    size / best.as_secs_f64()
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let scratch = PathBuf::from("/var/tmp/credfs-bench");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(scratch.join("plain")).unwrap();
+    let shm = PathBuf::from("/dev/shm/credfs-bench");
+    fs::create_dir_all(&shm).unwrap();
+    fs::write(shm.join("token"), TOKEN).unwrap();
+
+    let mut rows: Vec<(String, String, String, String, String)> = Vec::new();
+    let mut row = |name: &str, credfs: String, baseline: String, ratio: f64, target: &str| {
+        rows.push((
+            name.into(),
+            credfs,
+            baseline,
+            format!("{ratio:.2}x"),
+            target.into(),
+        ));
+    };
+
+    let daemon = Daemon::start(&scratch, true);
+    let token = daemon.mnt.join("registries/bench/token");
+    let (fuse50, fuse99) = read_latency(&token);
+    let (tmpfs50, tmpfs99) = read_latency(&shm.join("token"));
+    row(
+        "token open+read+close p50 (us)",
+        format!("{:.1}", us(fuse50)),
+        format!("{:.1} tmpfs", us(tmpfs50)),
+        us(fuse50) / us(tmpfs50),
+        "<= 3x",
+    );
+    row(
+        "token open+read+close p99 (us)",
+        format!("{:.1}", us(fuse99)),
+        format!("{:.1} tmpfs", us(tmpfs99)),
+        us(fuse99) / us(tmpfs99),
+        "",
+    );
+    let (cat_fuse, cat_tmpfs) = (cat_latency(&token), cat_latency(&shm.join("token")));
+    row(
+        "`cat token` process p50 (us)",
+        format!("{:.0}", us(cat_fuse)),
+        format!("{:.0} tmpfs", us(cat_tmpfs)),
+        us(cat_fuse) / us(cat_tmpfs),
+        "",
+    );
+
+    let archive = scratch.join("archive.zip");
+    make_archive(&archive);
+    let plain = cp_throughput(&archive, &scratch.join("plain/copy.zip"));
+    let synced = cp_throughput(&archive, &daemon.mnt.join("projects/b/synced.zip"));
+    row(
+        &format!("cp {ARCHIVE_MIB} MiB into store, sync=true (MiB/s)"),
+        format!("{synced:.0}"),
+        format!("{plain:.0} plain cp"),
+        synced / plain,
+        ">= 0.8x",
+    );
+    let rss_synced = daemon.peak_rss_kib();
+    drop(daemon);
+    let unsynced_daemon = Daemon::start(&scratch, false);
+    let unsynced = cp_throughput(
+        &archive,
+        &unsynced_daemon.mnt.join("projects/b/unsynced.zip"),
+    );
+    row(
+        &format!("cp {ARCHIVE_MIB} MiB into store, sync=false (MiB/s)"),
+        format!("{unsynced:.0}"),
+        format!("{plain:.0} plain cp"),
+        unsynced / plain,
+        ">= 0.8x",
+    );
+    let rss = rss_synced.max(unsynced_daemon.peak_rss_kib());
+    drop(unsynced_daemon);
+    row(
+        "daemon peak RSS during the copies (MiB)",
+        format!("{:.1}", rss as f64 / 1024.0),
+        "64 MiB".into(),
+        rss as f64 / 1024.0 / 64.0,
+        "< 1x",
+    );
+
+    println!(
+        "\n{:<44} {:>10} {:>18} {:>8} {:>8}",
+        "measure", "credfs", "baseline", "ratio", "target"
+    );
+    for (name, credfs, baseline, ratio, target) in rows {
+        println!("{name:<44} {credfs:>10} {baseline:>18} {ratio:>8} {target:>8}");
+    }
+    let _ = fs::remove_dir_all(&scratch);
+    let _ = fs::remove_dir_all(&shm);
+}
