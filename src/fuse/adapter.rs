@@ -8,14 +8,15 @@ use crate::vfs::{
     Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags as CoreOpenFlags, Opened, TTL,
 };
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::runtime::Handle as Runtime;
 
@@ -25,11 +26,18 @@ const BLOCK_SIZE: u32 = 4096;
 pub struct FuseAdapter {
     fs: Arc<CredFs>,
     runtime: Runtime,
+    /// Kernel registrations of passthrough files, kept while their handle
+    /// is open.
+    backing: Arc<Mutex<HashMap<u64, BackingId>>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<CredFs>, runtime: Runtime) -> Self {
-        FuseAdapter { fs, runtime }
+        FuseAdapter {
+            fs,
+            runtime,
+            backing: Arc::default(),
+        }
     }
 
     fn spawn<F, Fut>(&self, work: F)
@@ -80,6 +88,43 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
     flags
 }
 
+/// The kernel ignores passthrough when direct I/O is asked for too.
+fn passthrough_flags(opened: &Opened) -> FopenFlags {
+    fopen_flags(opened) - FopenFlags::FOPEN_DIRECT_IO
+}
+
+/// Registers the handle's backing file with the kernel, or returns `None`
+/// (no passthrough support, not permitted) so the handle is served by us.
+fn register_backing(
+    opened: &Opened,
+    open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    registry: &Mutex<HashMap<u64, BackingId>>,
+) -> bool {
+    let Some(file) = &opened.backing else {
+        return false;
+    };
+    match open_backing(file) {
+        Ok(id) => {
+            if let Ok(mut ids) = registry.lock() {
+                ids.insert(opened.fh, id);
+            }
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "passthrough unavailable; serving writes ourselves");
+            false
+        }
+    }
+}
+
+fn with_backing<T>(
+    registry: &Mutex<HashMap<u64, BackingId>>,
+    fh: u64,
+    use_id: impl FnOnce(&BackingId) -> T,
+) -> Option<T> {
+    registry.lock().ok()?.get(&fh).map(use_id)
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         pid: req.pid(),
@@ -105,6 +150,11 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config
             .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC | InitFlags::FUSE_PARALLEL_DIROPS);
+        // Passthrough lets the kernel write uploads held in local files
+        // directly; depth 2 allows those files to live on overlayfs.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+            let _ = config.set_max_stack_depth(2);
+        }
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
         Ok(())
@@ -223,9 +273,19 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (caller, flags) = (caller(req), open_flags(flags.0));
+        let backing = self.backing.clone();
         self.spawn(move |fs| async move {
             match fs.open(ino.0, flags, caller).await {
-                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
+                Ok(opened) => {
+                    let fh = FileHandle(opened.fh);
+                    if register_backing(&opened, |f| reply.open_backing(f), &backing) {
+                        with_backing(&backing, opened.fh, |id| {
+                            reply.opened_passthrough(fh, passthrough_flags(&opened), id)
+                        });
+                    } else {
+                        reply.opened(fh, fopen_flags(&opened));
+                    }
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -246,15 +306,26 @@ impl Filesystem for FuseAdapter {
             Err(_) => return reply.error(Errno::EINVAL),
         };
         let caller = caller(req);
+        let backing = self.backing.clone();
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, caller).await {
-                Ok((attr, opened)) => reply.created(
-                    &TTL,
-                    &file_attr(&attr),
-                    Generation(0),
-                    FileHandle(opened.fh),
-                    fopen_flags(&opened),
-                ),
+                Ok((attr, opened)) => {
+                    let (attr, fh) = (file_attr(&attr), FileHandle(opened.fh));
+                    if register_backing(&opened, |f| reply.open_backing(f), &backing) {
+                        with_backing(&backing, opened.fh, |id| {
+                            reply.created_passthrough(
+                                &TTL,
+                                &attr,
+                                Generation(0),
+                                fh,
+                                passthrough_flags(&opened),
+                                id,
+                            )
+                        });
+                    } else {
+                        reply.created(&TTL, &attr, Generation(0), fh, fopen_flags(&opened));
+                    }
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -327,6 +398,9 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if let Ok(mut ids) = self.backing.lock() {
+            ids.remove(&fh.0);
+        }
         self.spawn(move |fs| async move {
             fs.release(fh.0).await;
             reply.ok();

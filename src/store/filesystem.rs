@@ -204,8 +204,13 @@ struct FileUpload {
 
 #[async_trait]
 impl Upload for FileUpload {
+    /// Asked of the file: writes may reach it without passing through us.
     fn size(&self) -> u64 {
-        self.len
+        self.file.metadata().map(|m| m.len()).unwrap_or(self.len)
+    }
+
+    fn backing_file(&self) -> Option<Arc<File>> {
+        Some(self.file.clone())
     }
 
     async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {

@@ -40,6 +40,10 @@ pub struct WriteHandle {
     pub name: String,
     opener_pid: u32,
     target: tokio::sync::OnceCell<Arc<Pending>>,
+    /// Writes go from the kernel straight to the upload's file.
+    passthrough: std::sync::atomic::AtomicBool,
+    /// The writer is done: its own close came (or the handle was released).
+    closed: std::sync::atomic::AtomicBool,
     /// The archive being modified, until the upload takes over.
     original: Option<Box<dyn ObjectReader>>,
     state: Mutex<HandleState>,
@@ -64,6 +68,23 @@ impl WriteHandle {
 
     pub fn is_archive(&self) -> bool {
         is_archive_name(&self.name)
+    }
+
+    /// The file the kernel may write directly, once the upload exists.
+    pub fn backing_file(&self) -> Option<Arc<std::fs::File>> {
+        self.target.get().and_then(|p| p.backing_file())
+    }
+
+    /// Records that the kernel writes this handle's file directly, so the
+    /// writes we never see count at commit.
+    pub fn set_passthrough(&self) {
+        self.passthrough
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn wrote(&self) -> bool {
+        self.state().wrote
+            || (self.passthrough.load(std::sync::atomic::Ordering::Acquire) && self.size() > 0)
     }
 
     pub fn size(&self) -> u64 {
@@ -141,6 +162,8 @@ impl Uploads {
             name: name.to_string(),
             opener_pid: pid,
             target: tokio::sync::OnceCell::new(),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
             original,
             state: Mutex::new(HandleState::default()),
         });
@@ -194,17 +217,7 @@ impl Uploads {
             return Err(e.clone());
         }
         let len = data.len() as u64;
-        if let Some(max) = handle.bucket_entry.max_object_size
-            && offset + len > max
-        {
-            return Err(handle.fail(Error::new(
-                ErrorKind::TooBig,
-                format!(
-                    "projects/{}/{}: larger than the store's max_object_size of {max} bytes",
-                    handle.bucket, handle.name
-                ),
-            )));
-        }
+        check_size(handle, offset + len).map_err(|e| handle.fail(e))?;
         let pending = self.target(handle).await.map_err(|e| handle.fail(e))?;
         pending
             .write_at(offset, data)
@@ -215,27 +228,43 @@ impl Uploads {
     }
 
     /// The writer's own close commits an archive; closes of descriptors it
-    /// shared with other processes do not.
+    /// shared with other processes do not. A staging file is ready for its
+    /// rename once its writer closed it (the kernel's release comes later).
     pub async fn flush(&self, handle: &WriteHandle, pid: u32) -> Result<Option<ObjectInfo>> {
-        if !handle.is_archive() || pid != handle.opener_pid {
+        if pid != handle.opener_pid {
             return Ok(None);
         }
-        self.commit(handle).await
+        self.close_writer(handle);
+        match handle.is_archive() {
+            true => self.commit(handle).await,
+            false => Ok(None),
+        }
+    }
+
+    fn close_writer(&self, handle: &WriteHandle) {
+        let already = handle
+            .closed
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        if let (false, Some(pending)) = (already, handle.target.get()) {
+            pending.remove_writer();
+        }
     }
 
     async fn commit(&self, handle: &WriteHandle) -> Result<Option<ObjectInfo>> {
-        {
-            let state = handle.state();
-            if let Some(outcome) = &state.outcome {
-                return outcome.clone().map(|_| None);
-            }
-            if !state.wrote {
-                return Ok(None);
-            }
+        if let Some(outcome) = &handle.state().outcome {
+            return outcome.clone().map(|_| None);
+        }
+        if !handle.wrote() {
+            return Ok(None);
         }
         let Some(pending) = handle.target.get() else {
             return Ok(None);
         };
+        if let Err(too_big) = check_size(handle, pending.size()) {
+            pending.abort().await;
+            self.remove_if_same(&handle.bucket, &handle.name, pending);
+            return Err(handle.fail(too_big));
+        }
         let path = format!("projects/{}/{}", handle.bucket, handle.name);
         let outcome = pending.commit(&handle.name, false).await;
         match &outcome {
@@ -250,8 +279,8 @@ impl Uploads {
     /// Finishes what the writer's close could not (it never came, or the
     /// writer handed its descriptor on and exited).
     pub async fn release(&self, handle: &WriteHandle) -> Option<ObjectInfo> {
+        self.close_writer(handle);
         let pending = handle.target.get()?;
-        pending.remove_writer();
         if !handle.is_archive() {
             return None;
         }
@@ -325,6 +354,21 @@ impl Uploads {
             names.push((bucket, name));
         }
         names
+    }
+}
+
+/// Refused as soon as a write crosses the limit, and again at commit for
+/// writes the kernel made directly.
+fn check_size(handle: &WriteHandle, size: u64) -> Result<()> {
+    match handle.bucket_entry.max_object_size {
+        Some(max) if size > max => Err(Error::new(
+            ErrorKind::TooBig,
+            format!(
+                "projects/{}/{}: larger than the store's max_object_size of {max} bytes",
+                handle.bucket, handle.name
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

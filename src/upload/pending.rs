@@ -11,6 +11,8 @@ use std::time::{Instant, SystemTime};
 
 pub struct Pending {
     pub bucket: Arc<Bucket>,
+    /// Set when the kernel may write the upload's file directly.
+    backing: Option<Arc<std::fs::File>>,
     /// `None` once committed or aborted.
     upload: tokio::sync::Mutex<Option<Box<dyn Upload>>>,
     len: AtomicU64,
@@ -22,6 +24,7 @@ impl Pending {
     pub fn new(bucket: Arc<Bucket>, upload: Box<dyn Upload>) -> Self {
         Pending {
             bucket,
+            backing: upload.backing_file(),
             upload: tokio::sync::Mutex::new(Some(upload)),
             len: AtomicU64::new(0),
             writers: AtomicUsize::new(0),
@@ -30,7 +33,14 @@ impl Pending {
     }
 
     pub fn size(&self) -> u64 {
-        self.len.load(Ordering::Acquire)
+        match &self.backing {
+            Some(file) => file.metadata().map(|m| m.len()).unwrap_or(0),
+            None => self.len.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn backing_file(&self) -> Option<Arc<std::fs::File>> {
+        self.backing.clone()
     }
 
     pub fn modified(&self) -> SystemTime {

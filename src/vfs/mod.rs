@@ -4,6 +4,7 @@
 
 mod handles;
 pub mod inode;
+mod io_modes;
 pub mod namespace;
 mod projects;
 pub use projects::RenameFlags;
@@ -19,6 +20,7 @@ use crate::secret::Secret;
 use crate::upload::Uploads;
 use handles::Handles;
 use inode::{Inodes, Node};
+use io_modes::IoModes;
 use namespace::{Namespace, Ownership};
 use published::{Published, fingerprint};
 use std::sync::{Arc, RwLock};
@@ -62,12 +64,14 @@ pub enum CachePolicy {
     Direct,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Opened {
     pub fh: u64,
     pub cache: CachePolicy,
     /// Closing needs no round trip (nothing to commit).
     pub no_flush: bool,
+    /// The kernel may read and write this file directly (FUSE passthrough).
+    pub backing: Option<Arc<std::fs::File>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +86,7 @@ pub struct CredFs {
     handles: Handles,
     published: Arc<Published>,
     uploads: Uploads,
+    io_modes: IoModes,
 }
 
 fn refused(node: &Node) -> Error {
@@ -96,6 +101,7 @@ impl CredFs {
             handles: Handles::default(),
             published: Arc::new(Published::default()),
             uploads: Uploads::default(),
+            io_modes: IoModes::default(),
         }
     }
 
@@ -424,6 +430,7 @@ impl CredFs {
             fh: self.handles.insert(Handle::Value(value)),
             cache,
             no_flush: true,
+            backing: None,
         })
     }
 
@@ -447,6 +454,7 @@ impl CredFs {
     }
 
     pub async fn release(&self, fh: u64) {
+        self.io_modes.release(fh);
         if let Some(handle) = self.handles.remove(fh) {
             self.release_handle(handle).await;
         }

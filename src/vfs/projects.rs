@@ -2,10 +2,12 @@
 //! in their store, with the staging rules of `crate::upload`.
 
 use super::inode::Node;
+use super::io_modes::IoMode;
 use super::namespace::{Bucket, Namespace};
 use super::published::fingerprint;
 use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, refused};
 use crate::error::{Error, ErrorKind, Result};
+use crate::upload::WriteHandle;
 use crate::upload::{STAGING_TTL, is_archive_name};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -97,11 +99,7 @@ impl CredFs {
                 .uploads
                 .open(&bucket, entry, name, flags.truncate, original, caller.pid)
                 .await?;
-            return Ok(Opened {
-                fh: self.handles.insert(Handle::Write(handle)),
-                cache: CachePolicy::Direct,
-                no_flush: false,
-            });
+            return Ok(self.opened_for_writing(ino, handle));
         }
         if entry.store.stat(bucket, name).await?.is_some() {
             let reader = entry.store.open(bucket, name).await?;
@@ -109,14 +107,19 @@ impl CredFs {
             let seen = self
                 .published
                 .observe(ino, fingerprint((info.size, info.modified)));
-            let cache = match seen.kernel_copy_valid {
-                true => CachePolicy::KeepCache,
-                false => CachePolicy::Direct,
+            let cached = seen.kernel_copy_valid && self.io_modes.claim(ino, IoMode::Cached);
+            let fh = self.handles.insert(Handle::Archive(reader));
+            let cache = if cached {
+                self.io_modes.record(fh, ino, IoMode::Cached);
+                CachePolicy::KeepCache
+            } else {
+                CachePolicy::Direct
             };
             return Ok(Opened {
-                fh: self.handles.insert(Handle::Archive(reader)),
+                fh,
                 cache,
                 no_flush: true,
+                backing: None,
             });
         }
         let pending = self
@@ -127,7 +130,30 @@ impl CredFs {
             fh: self.handles.insert(Handle::Pending(pending)),
             cache: CachePolicy::Direct,
             no_flush: true,
+            backing: None,
         })
+    }
+
+    /// A write handle; the kernel writes its file directly when the store
+    /// keeps the upload in a local file and no other open of the inode
+    /// conflicts.
+    fn opened_for_writing(&self, ino: u64, handle: Arc<WriteHandle>) -> Opened {
+        let backing = handle
+            .backing_file()
+            .filter(|_| self.io_modes.claim(ino, IoMode::Passthrough));
+        if backing.is_some() {
+            handle.set_passthrough();
+        }
+        let fh = self.handles.insert(Handle::Write(handle));
+        if backing.is_some() {
+            self.io_modes.record(fh, ino, IoMode::Passthrough);
+        }
+        Opened {
+            fh,
+            cache: CachePolicy::Direct,
+            no_flush: false,
+            backing,
+        }
     }
 
     pub async fn create(&self, parent: u64, name: &str, caller: Caller) -> Result<(Attr, Opened)> {
@@ -152,12 +178,7 @@ impl CredFs {
             mtime: handle.modified(),
             ownership,
         };
-        let opened = Opened {
-            fh: self.handles.insert(Handle::Write(handle)),
-            cache: CachePolicy::Direct,
-            no_flush: false,
-        };
-        Ok((attr, opened))
+        Ok((attr, self.opened_for_writing(attr.ino, handle)))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32> {
