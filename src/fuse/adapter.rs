@@ -21,7 +21,9 @@ use std::time::SystemTime;
 use tokio::runtime::Handle as Runtime;
 
 const MAX_WRITE: u32 = 1 << 20;
-const BLOCK_SIZE: u32 = 4096;
+/// Reported as st_blksize: copy tools size their buffers by it, and fewer,
+/// larger writes cost less through FUSE.
+const BLOCK_SIZE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     fs: Arc<CredFs>,
