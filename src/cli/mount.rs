@@ -117,7 +117,10 @@ async fn reload(fs: &CredFs, path: &Path) {
             fs.reload(config).await;
             info!(config = %path.display(), "config reloaded");
         }
-        Err(errors) => warn!("config reload refused, keeping the running config: {errors}"),
+        Err(errors) => {
+            warn!("config reload refused, keeping the running config: {errors}");
+            fs.record_error(format!("config reload refused: {errors}"));
+        }
     }
     notify_systemd("READY=1");
 }

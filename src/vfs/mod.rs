@@ -87,6 +87,8 @@ pub struct CredFs {
     published: Arc<Published>,
     uploads: Uploads,
     io_modes: IoModes,
+    /// The last refused reload, shown in `status.json`.
+    last_error: std::sync::Mutex<Option<crate::status::EntryStatus>>,
 }
 
 fn refused(node: &Node) -> Error {
@@ -102,6 +104,7 @@ impl CredFs {
             published: Arc::new(Published::default()),
             uploads: Uploads::default(),
             io_modes: IoModes::default(),
+            last_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -114,6 +117,9 @@ impl CredFs {
     pub async fn reload(&self, config: crate::config::Config) {
         let old = self.namespace();
         let new = Arc::new(Namespace::build(config, Some(&old)).await);
+        if let Ok(mut last_error) = self.last_error.lock() {
+            *last_error = None;
+        }
         match self.namespace.write() {
             Ok(mut slot) => *slot = new.clone(),
             Err(poisoned) => *poisoned.into_inner() = new.clone(),
@@ -130,6 +136,13 @@ impl CredFs {
         self.published.invalidate_entries(gone);
         self.published
             .invalidate_inodes(known.into_iter().map(|(ino, _)| ino).collect());
+    }
+
+    /// Records a problem that is not any one entry's (a refused reload).
+    pub fn record_error(&self, message: impl Into<String>) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(crate::status::EntryStatus::error(message));
+        }
     }
 
     pub fn namespace(&self) -> Arc<Namespace> {
@@ -231,7 +244,10 @@ impl CredFs {
                 .and_then(|keys| keys.get(key))
                 .cloned()
                 .ok_or_else(|| Error::not_found(node.path())),
-            Node::Status => Ok(status_doc::render(ns, &self.uploads)),
+            Node::Status => {
+                let last_error = self.last_error.lock().ok().and_then(|e| e.clone());
+                Ok(status_doc::render(ns, &self.uploads, last_error.as_ref()))
+            }
             _ => Err(Error::new(ErrorKind::IsADirectory, node.path())),
         }
     }

@@ -4,11 +4,11 @@
 use super::namespace::Namespace;
 use crate::config::{RegistryProviderConfig, StoreProviderConfig};
 use crate::secret::Secret;
-use crate::status::timestamp;
+use crate::status::{EntryStatus, timestamp};
 use crate::upload::Uploads;
 use serde_json::{Map, Value, json};
 
-pub fn render(ns: &Namespace, uploads: &Uploads) -> Secret {
+pub fn render(ns: &Namespace, uploads: &Uploads, last_error: Option<&EntryStatus>) -> Secret {
     let mut registries = Map::new();
     for (name, cached) in &ns.registries {
         let mut entry = cached.status().to_json();
@@ -53,7 +53,7 @@ pub fn render(ns: &Namespace, uploads: &Uploads) -> Secret {
     let document = json!({
         "config": ns.config.path.display().to_string(),
         "loaded_at": timestamp(ns.loaded_at),
-        "last_error": Value::Null,
+        "last_error": last_error.map(EntryStatus::to_json),
         "registries": registries,
         "stores": stores,
         "secrets": secrets,
