@@ -95,16 +95,19 @@ fn build_image(dir: &Path) -> String {
     format!("oci:{layout_s}:latest")
 }
 
-#[test]
-fn skopeo_pushes_and_inspects_with_the_mounted_authfile() {
-    let registry = start_registry();
-    let daemon = mount_with_password(&registry, PASSWORD);
+/// `skopeo copy` of a fresh image to the registry with the mount's
+/// docker/config.json: (output, authfile, destination).
+fn push_through_mount(
+    registry: &Registry,
+    daemon: &Daemon,
+    repo: &str,
+) -> (std::process::Output, String, String) {
     let authfile = daemon
         .path("docker/config.json")
         .to_string_lossy()
         .to_string();
     let image = build_image(daemon.dir.path());
-    let destination = format!("docker://127.0.0.1:{}/test/hello:latest", registry.port);
+    let destination = format!("docker://127.0.0.1:{}/test/{repo}:latest", registry.port);
     let out = run(
         "skopeo",
         &[
@@ -116,6 +119,14 @@ fn skopeo_pushes_and_inspects_with_the_mounted_authfile() {
             &destination,
         ],
     );
+    (out, authfile, destination)
+}
+
+#[test]
+fn skopeo_pushes_and_inspects_with_the_mounted_authfile() {
+    let registry = start_registry();
+    let daemon = mount_with_password(&registry, PASSWORD);
+    let (out, authfile, destination) = push_through_mount(&registry, &daemon, "hello");
     assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
     let out = run(
         "skopeo",
@@ -154,23 +165,7 @@ fn skopeo_pushes_and_inspects_with_the_mounted_authfile() {
 fn a_wrong_credential_is_unauthorized() {
     let registry = start_registry();
     let daemon = mount_with_password(&registry, "wrong-pass-1a1a1a");
-    let authfile = daemon
-        .path("docker/config.json")
-        .to_string_lossy()
-        .to_string();
-    let image = build_image(daemon.dir.path());
-    let destination = format!("docker://127.0.0.1:{}/test/denied:latest", registry.port);
-    let out = run(
-        "skopeo",
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            "--authfile",
-            &authfile,
-            &image,
-            &destination,
-        ],
-    );
+    let (out, _, _) = push_through_mount(&registry, &daemon, "denied");
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
 }

@@ -436,3 +436,59 @@ fn leftover_uploads_of_a_crashed_daemon_are_removed_at_start() {
     assert!(stored(&daemon).is_empty());
     let _: &Path = daemon.mnt.as_path();
 }
+
+/// A forked child closing its copy of the descriptor commits nothing; the
+/// writer's own close commits the whole archive once.
+#[test]
+fn closes_by_other_processes_do_not_commit_early() {
+    let (daemon, src) = start();
+    let zip = make_zip(&src, "fork.zip", 200_000);
+    let target = daemon.path("projects/b/forked.zip");
+    let script = format!(
+        "import os\n\
+         data = open({zip:?}, 'rb').read()\n\
+         fd = os.open({target:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+         os.write(fd, data[:1000])\n\
+         pid = os.fork()\n\
+         if pid == 0:\n    os.close(fd)\n    os._exit(0)\n\
+         os.waitpid(pid, 0)\n\
+         assert not os.path.exists({stored:?}), 'committed by the child close'\n\
+         os.write(fd, data[1000:])\n\
+         os.close(fd)\n",
+        zip = zip.to_string_lossy(),
+        target = target.to_string_lossy(),
+        stored = daemon.store().join("b/forked.zip").to_string_lossy(),
+    );
+    let out = run("python3", &["-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256(&daemon.store().join("b/forked.zip")), sha256(&zip));
+}
+
+/// Rewriting part of an archive in place (no O_TRUNC) keeps the rest.
+#[test]
+fn an_archive_opened_for_update_keeps_its_other_bytes() {
+    let (daemon, src) = start();
+    let zip = make_zip(&src, "upd.zip", 50_000);
+    let target = daemon.path("projects/b/upd.zip");
+    fs::copy(&zip, &target).unwrap();
+    let script = format!(
+        "f = open({:?}, 'r+b')\nf.seek(0)\nf.write(b'PK\\x03\\x04')\nf.close()\n",
+        target.to_string_lossy()
+    );
+    let out = run("python3", &["-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256(&target), sha256(&zip), "same bytes written back");
+    assert_eq!(stored(&daemon), ["upd.zip"]);
+    let bad = format!(
+        "f = open({:?}, 'r+b')\nf.seek(0)\nf.write(b'JUNK')\nf.close()\n",
+        target.to_string_lossy()
+    );
+    let out = run("python3", &["-c", &bad]);
+    assert!(!out.status.success(), "a broken header is refused at close");
+    assert!(
+        stderr(&out).contains("Invalid argument"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(sha256(&target), sha256(&zip), "the archive is intact");
+}

@@ -386,3 +386,57 @@ async fn copy_into(pending: &Pending, reader: &dyn ObjectReader) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Access;
+    use crate::store::FilesystemStore;
+
+    async fn bucket(root: &std::path::Path) -> Arc<Bucket> {
+        let store = FilesystemStore::open(root.to_path_buf(), &["b".to_string()], false)
+            .await
+            .unwrap();
+        Arc::new(Bucket {
+            store_name: "disk".into(),
+            store: Arc::new(store),
+            read_only: false,
+            max_object_size: None,
+            access: Access::default(),
+        })
+    }
+
+    fn files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn unrenamed_staging_files_are_dropped_after_their_ttl() {
+        let root = tempfile::tempdir().unwrap();
+        let uploads = Uploads::default();
+        let handle = uploads
+            .open("b", bucket(root.path()).await, "zi123", true, None, 1)
+            .await
+            .unwrap();
+        uploads
+            .write(&handle, 0, b"partial".to_vec())
+            .await
+            .unwrap();
+        assert!(uploads.reap(Duration::ZERO).await.is_empty(), "still open");
+        uploads.flush(&handle, 1).await.unwrap();
+        uploads.release(&handle).await;
+        assert_eq!(uploads.list("b").len(), 1);
+        assert!(
+            uploads.reap(Duration::from_secs(600)).await.is_empty(),
+            "not yet"
+        );
+        let dropped = uploads.reap(Duration::ZERO).await;
+        assert_eq!(dropped, [("b".to_string(), "zi123".to_string())]);
+        assert!(uploads.list("b").is_empty());
+        assert_eq!(
+            files_in(&root.path().join("b")),
+            0,
+            "its temporary file is gone"
+        );
+    }
+}
