@@ -492,3 +492,30 @@ fn an_archive_opened_for_update_keeps_its_other_bytes() {
     );
     assert_eq!(sha256(&target), sha256(&zip), "the archive is intact");
 }
+
+/// Overwriting an archive with another of the same size: readers right
+/// after the commit get the new bytes, never cached old ones.
+#[test]
+fn a_replaced_archive_is_never_read_stale() {
+    let (daemon, src) = start();
+    let first = make_zip(&src, "one.zip", 100_000);
+    let second = make_zip(&src, "two.zip", 100_000);
+    assert_eq!(
+        fs::metadata(&first).unwrap().len(),
+        fs::metadata(&second).unwrap().len()
+    );
+    let target = daemon.path("projects/b/same-size.zip");
+    for round in 0..20 {
+        let source = if round % 2 == 0 { &first } else { &second };
+        let out = run(
+            "cp",
+            &[&source.to_string_lossy(), &target.to_string_lossy()],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            fs::read(source).unwrap(),
+            "round {round}"
+        );
+    }
+}

@@ -159,7 +159,7 @@ impl CredFs {
     }
 
     /// The child called `name` of `parent`, if the current config has it.
-    async fn child(&self, ns: &Namespace, parent: &Node, name: &str) -> Result<Node> {
+    fn child(&self, ns: &Namespace, parent: &Node, name: &str) -> Result<Node> {
         let missing = || Error::not_found(format!("{}/{name}", parent.path()));
         let child = match parent {
             Node::Root => match name {
@@ -308,7 +308,7 @@ impl CredFs {
     pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
         let ns = self.namespace();
         let parent = self.node(parent)?;
-        let child = self.child(&ns, &parent, name).await?;
+        let child = self.child(&ns, &parent, name)?;
         self.attr_of(&ns, &child).await
     }
 

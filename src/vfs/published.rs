@@ -14,6 +14,9 @@ pub trait KernelCache: Send + Sync {
     fn invalidate_entry(&self, parent: u64, name: &str) -> std::io::Result<()>;
 }
 
+/// Stands for "whatever the kernel has is out of date".
+const FORGOTTEN: u64 = 0;
+
 pub fn fingerprint(parts: impl Hash) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     parts.hash(&mut hasher);
@@ -78,11 +81,21 @@ impl Published {
         }
     }
 
-    /// Forgets what the kernel saw of `ino` and drops its copy, for content
-    /// that changed through us (an upload, a delete).
+    /// Content of `ino` changed through us (an upload, a delete): the kernel
+    /// must drop its copy, and opens bypass the cache until it has.
     pub fn forget(self: &Arc<Self>, ino: u64) {
-        self.seen().remove(&ino);
-        self.invalidate_inodes(vec![ino]);
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.seen().insert(
+            ino,
+            Seen {
+                fingerprint: FORGOTTEN,
+                changed_at: SystemTime::now(),
+                invalidating: Some(generation),
+            },
+        );
+        self.invalidate_then(ino, generation);
     }
 
     fn invalidate_then(self: &Arc<Self>, ino: u64, generation: u64) {
