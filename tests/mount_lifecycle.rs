@@ -214,3 +214,31 @@ fn a_second_daemon_on_a_live_mount_is_refused() {
         "the first daemon keeps serving"
     );
 }
+
+/// A container that bind-mounted the tree keeps the FUSE connection open
+/// after our unmount; the daemon still exits promptly on SIGTERM.
+#[test]
+fn sigterm_exits_while_another_namespace_holds_the_mount() {
+    let mut daemon = start();
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "60"])
+        .spawn()
+        .expect("unshare");
+    let mountinfo = format!("/proc/{}/mountinfo", holder.id());
+    let mnt = daemon.mnt.to_string_lossy().to_string();
+    wait_for("the holder's namespace", Duration::from_secs(10), || {
+        fs::read_to_string(&mountinfo).is_ok_and(|m| m.contains(&mnt))
+            && fs::read_link(format!("/proc/{}/exe", holder.id()))
+                .is_ok_and(|exe| exe.ends_with("sleep"))
+    });
+    let status = daemon.stop();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert!(!is_mounted(&daemon.mnt));
+    assert!(
+        daemon.log().contains("still held elsewhere"),
+        "{}",
+        daemon.log()
+    );
+}

@@ -33,7 +33,10 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(config, mountpoint)) {
+    let served = runtime.block_on(serve(config, mountpoint));
+    // Blocking storage calls still running must not keep a stopping daemon.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             error!("{message}");
@@ -48,6 +51,14 @@ async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String
         .or_else(|| config.mount.path.clone())
         .ok_or("no mount point: give MOUNTPOINT or set [mount] path")?;
     let shown = mountpoint.display().to_string();
+    // Before mounting, so that a signal never finds the default action.
+    let signal_stream = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+    let (mut interrupt, mut terminate, mut hangup) = (
+        signal_stream(SignalKind::interrupt())?,
+        signal_stream(SignalKind::terminate())?,
+        signal_stream(SignalKind::hangup())?,
+    );
+
     fuse::clean_stale_mount(&mountpoint).map_err(|e| format!("{shown}: {e}"))?;
     if fuse::is_credfs_mount(&mountpoint) {
         return Err(format!("{shown} is already served by a running credfs"));
@@ -79,12 +90,6 @@ async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String
             }
         }
     });
-    let signal_stream = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
-    let (mut interrupt, mut terminate, mut hangup) = (
-        signal_stream(SignalKind::interrupt())?,
-        signal_stream(SignalKind::terminate())?,
-        signal_stream(SignalKind::hangup())?,
-    );
     let mut ended = mounted.ended();
     let ended_outside = loop {
         tokio::select! {
@@ -103,7 +108,7 @@ async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String
     }
     tokio::task::spawn_blocking(move || match ended_outside {
         true => mounted.join(),
-        false => mounted.unmount(),
+        false => mounted.unmount(&mountpoint),
     })
     .await
     .map_err(|e| e.to_string())?

@@ -8,6 +8,9 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const SESSION_EXIT_WAIT: Duration = Duration::from_secs(3);
 
 /// Threads reading requests from the kernel. The work itself runs on tokio,
 /// so these only copy requests in and out.
@@ -24,14 +27,24 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Unmounts and waits for the session threads to finish.
-    pub fn unmount(mut self) -> io::Result<()> {
-        let unmounted = self.unmounter.unmount();
-        let joined = self
-            .thread
-            .join()
-            .map_err(|_| io::Error::other("FUSE session thread panicked"))?;
-        unmounted.and(joined)
+    /// Unmounts (lazily if the tree is busy) and waits a little for the
+    /// session threads. Another mount namespace (a container that
+    /// bind-mounted the tree) can keep the connection open after our
+    /// unmount; exiting closes it then, so we do not wait for ever.
+    pub fn unmount(mut self, mountpoint: &Path) -> io::Result<()> {
+        if let Err(e) = self.unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount failed; detaching lazily");
+            detach(mountpoint)?;
+        }
+        let deadline = Instant::now() + SESSION_EXIT_WAIT;
+        while !self.thread.is_finished() {
+            if Instant::now() >= deadline {
+                tracing::warn!("the FUSE connection is still held elsewhere; exiting closes it");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.join()
     }
 
     /// Waits for a session that already ended (unmounted from outside).
@@ -46,6 +59,16 @@ impl Mounted {
         self.ended
             .take()
             .unwrap_or_else(|| tokio::sync::oneshot::channel().1)
+    }
+}
+
+pub(super) fn detach(mountpoint: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains NUL"))?;
+    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+    match unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
 }
 

@@ -20,11 +20,7 @@ pub fn clean_stale_mount(mountpoint: &Path) -> io::Result<bool> {
         return Ok(false);
     }
     info!(mountpoint = %mountpoint.display(), "removing a stale mount left by a dead daemon");
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains NUL"))?;
-    // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-    let detached = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0;
-    if !detached {
+    if super::session::detach(mountpoint).is_err() {
         // Not root: fusermount3 may unmount a FUSE mount its user owns.
         let status = Command::new("fusermount3")
             .arg("-u")
