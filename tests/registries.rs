@@ -246,6 +246,7 @@ fn the_tree_lists_what_the_config_names() {
             "auth.json",
             "expires_at",
             "password",
+            "refresh",
             "registry",
             "token",
             "username"
@@ -261,4 +262,31 @@ fn the_tree_lists_what_the_config_names() {
         inode("registries/hub/token"),
         "stable inode numbers"
     );
+}
+
+#[test]
+fn writing_refresh_fetches_anew_and_reports_failure() {
+    let daemon = start();
+    let refresh = daemon.path("registries/hub/refresh");
+    let out = sh(&format!("echo now > {}", refresh.display()));
+    assert!(out.status.success(), "{} {}", stderr(&out), daemon.log());
+    assert!(daemon.log().contains("refresh requested"));
+    let failing = sh(&format!(
+        "echo now > {}",
+        daemon.path("registries/ecr/refresh").display()
+    ));
+    assert!(!failing.status.success());
+    // dash's echo says "I/O error" for EIO.
+    assert!(
+        stderr(&failing).contains("I/O error"),
+        "{}",
+        stderr(&failing)
+    );
+    assert_eq!(
+        read(&daemon, "registries/hub/refresh"),
+        b"",
+        "nothing to read"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(&refresh).unwrap().mode() & 0o777, 0o200);
 }

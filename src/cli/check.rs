@@ -52,7 +52,9 @@ async fn probe_all(config: &Config) -> bool {
         }
     };
     for (name, registry) in &config.registries {
-        let fetched = registry::provider_for(&registry.provider).fetch().await;
+        let fetched = registry::provider_for(&registry.provider)
+            .fetch(false)
+            .await;
         report(format!("registry {name}"), fetched.map(|_| ()));
     }
     for (name, store_config) in &config.stores {

@@ -3,6 +3,7 @@
 
 mod cache;
 mod files;
+mod helper;
 mod none;
 mod static_secret;
 mod unavailable;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 /// One credential as a provider returned it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Credential {
     /// host[:port][/path] the credential is for.
     pub registry: String,
@@ -38,7 +39,9 @@ impl Credential {
 
 #[async_trait]
 pub trait RegistryProvider: Send + Sync {
-    async fn fetch(&self) -> Result<Credential>;
+    /// `refresh` asks for a new credential even if the provider caches one
+    /// (thin-edge's `--refresh`).
+    async fn fetch(&self, refresh: bool) -> Result<Credential>;
 }
 
 pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider> {
@@ -51,7 +54,16 @@ pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider
             registry, username, password,
         )),
         RegistryProviderConfig::None { registry } => Arc::new(none::NoneProvider::new(registry)),
-        RegistryProviderConfig::Ecr { .. } | RegistryProviderConfig::Helper { .. } => {
+        RegistryProviderConfig::Helper {
+            registry,
+            command,
+            protocol,
+            timeout,
+            ttl,
+        } => Arc::new(helper::HelperProvider::new(
+            registry, command, *protocol, *timeout, *ttl,
+        )),
+        RegistryProviderConfig::Ecr { .. } => {
             Arc::new(unavailable::FailedProvider(Error::provider(format!(
                 "the `{}` registry provider is not available in this build",
                 config.kind()

@@ -19,7 +19,7 @@ impl NoneProvider {
 
 #[async_trait]
 impl RegistryProvider for NoneProvider {
-    async fn fetch(&self) -> Result<Credential> {
+    async fn fetch(&self, _refresh: bool) -> Result<Credential> {
         Ok(Credential {
             registry: self.registry.clone(),
             username: Secret::empty(),

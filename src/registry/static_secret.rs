@@ -26,7 +26,7 @@ impl StaticProvider {
 
 #[async_trait]
 impl RegistryProvider for StaticProvider {
-    async fn fetch(&self) -> Result<Credential> {
+    async fn fetch(&self, _refresh: bool) -> Result<Credential> {
         Ok(self.credential.clone())
     }
 }

@@ -9,7 +9,7 @@ pub struct FailedProvider(pub Error);
 
 #[async_trait]
 impl RegistryProvider for FailedProvider {
-    async fn fetch(&self) -> Result<Credential> {
+    async fn fetch(&self, _refresh: bool) -> Result<Credential> {
         Err(self.0.clone())
     }
 }

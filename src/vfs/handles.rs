@@ -32,6 +32,8 @@ pub enum Handle {
     /// Reading a file that is created but not committed yet.
     Pending(Arc<Pending>),
     Write(Arc<WriteHandle>),
+    /// `registries/<name>/refresh` open for writing.
+    Refresh(String),
     Dir(Vec<DirEntry>),
 }
 

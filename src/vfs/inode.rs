@@ -14,6 +14,8 @@ pub enum Node {
     Registries,
     Registry(String),
     RegistryFile(String, RegistryFile),
+    /// `registries/<name>/refresh`: writing forces a new credential.
+    RegistryRefresh(String),
     Docker,
     DockerConfig,
     Secrets,
@@ -50,6 +52,7 @@ impl Node {
             Node::Status => "status.json".into(),
             Node::DockerConfig => "config.json".into(),
             Node::RegistryFile(_, file) => file.name().into(),
+            Node::RegistryRefresh(_) => "refresh".into(),
             Node::Registry(name)
             | Node::SecretGroup(name)
             | Node::Bucket(name)
@@ -65,7 +68,7 @@ impl Node {
                 Node::Root
             }
             Node::Registry(_) => Node::Registries,
-            Node::RegistryFile(r, _) => Node::Registry(r.clone()),
+            Node::RegistryFile(r, _) | Node::RegistryRefresh(r) => Node::Registry(r.clone()),
             Node::DockerConfig => Node::Docker,
             Node::SecretGroup(_) => Node::Secrets,
             Node::Secret(g, _) => Node::SecretGroup(g.clone()),
@@ -83,6 +86,7 @@ impl Node {
             }
             Node::Registry(r) => format!("registries/{r}"),
             Node::RegistryFile(r, f) => format!("registries/{r}/{}", f.name()),
+            Node::RegistryRefresh(r) => format!("registries/{r}/refresh"),
             Node::DockerConfig => "docker/config.json".into(),
             Node::SecretGroup(g) => format!("secrets/{g}"),
             Node::Secret(g, k) => format!("secrets/{g}/{k}"),

@@ -97,7 +97,7 @@ fn refused(node: &Node) -> Error {
 
 impl CredFs {
     pub fn new(namespace: Namespace) -> Self {
-        CredFs {
+        let fs = CredFs {
             namespace: RwLock::new(Arc::new(namespace)),
             inodes: Inodes::default(),
             handles: Handles::default(),
@@ -105,6 +105,27 @@ impl CredFs {
             uploads: Uploads::default(),
             io_modes: IoModes::default(),
             last_error: std::sync::Mutex::new(None),
+        };
+        fs.watch_credentials(&fs.namespace());
+        fs
+    }
+
+    /// A registry's files and docker/config.json change with its
+    /// credential: the kernel drops its copies the moment it changes.
+    fn watch_credentials(&self, ns: &Namespace) {
+        let config_ino = self.inodes.ino(&Node::DockerConfig);
+        for (name, cached) in &ns.registries {
+            let inodes: Vec<u64> = RegistryFile::ALL
+                .into_iter()
+                .map(|f| self.inodes.ino(&Node::RegistryFile(name.clone(), f)))
+                .chain([config_ino])
+                .collect();
+            let published = self.published.clone();
+            cached.set_on_change(Box::new(move || {
+                for ino in &inodes {
+                    published.forget(*ino);
+                }
+            }));
         }
     }
 
@@ -117,6 +138,7 @@ impl CredFs {
     pub async fn reload(&self, config: crate::config::Config) {
         let old = self.namespace();
         let new = Arc::new(Namespace::build(config, Some(&old)).await);
+        self.watch_credentials(&new);
         if let Ok(mut last_error) = self.last_error.lock() {
             *last_error = None;
         }
@@ -171,6 +193,7 @@ impl CredFs {
                 _ => return Err(missing()),
             },
             Node::Registries if ns.registries.contains_key(name) => Node::Registry(name.into()),
+            Node::Registry(r) if name == "refresh" => Node::RegistryRefresh(r.clone()),
             Node::Registry(r) => {
                 let file = RegistryFile::from_name(name).ok_or_else(missing)?;
                 Node::RegistryFile(r.clone(), file)
@@ -200,7 +223,9 @@ impl CredFs {
     /// out earlier may name a removed entry).
     fn exists(&self, ns: &Namespace, node: &Node) -> bool {
         match node {
-            Node::Registry(r) | Node::RegistryFile(r, _) => ns.registries.contains_key(r),
+            Node::Registry(r) | Node::RegistryFile(r, _) | Node::RegistryRefresh(r) => {
+                ns.registries.contains_key(r)
+            }
             Node::SecretGroup(g) => ns.config.secrets.contains_key(g),
             Node::Secret(g, k) => ns
                 .config
@@ -237,6 +262,7 @@ impl CredFs {
                     credentials.iter().map(|c| c.as_ref()),
                 ))
             }
+            Node::RegistryRefresh(_) => Ok(Secret::empty()),
             Node::Secret(group, key) => ns
                 .config
                 .secrets
@@ -256,6 +282,11 @@ impl CredFs {
         match node {
             Node::Registry(r) => ns.registry_ownership(r, true),
             Node::RegistryFile(r, _) => ns.registry_ownership(r, false),
+            // Write-only: writing asks for a new credential.
+            Node::RegistryRefresh(r) => Ownership {
+                perm: 0o200,
+                ..ns.registry_ownership(r, false)
+            },
             Node::Bucket(b) | Node::Archive(b, _) => match ns.buckets.get(b) {
                 Some(bucket) => ns.bucket_ownership(bucket, node.is_dir()),
                 None => ns.file_ownership(),
@@ -377,6 +408,7 @@ impl CredFs {
             Node::Registry(r) => RegistryFile::ALL
                 .into_iter()
                 .map(|f| Node::RegistryFile(r.clone(), f))
+                .chain([Node::RegistryRefresh(r.clone())])
                 .collect(),
             Node::Docker => vec![Node::DockerConfig],
             Node::Secrets => ns
@@ -427,6 +459,14 @@ impl CredFs {
                 .open_archive(&ns, ino, bucket, name, flags, caller)
                 .await;
         }
+        if let (Node::RegistryRefresh(name), true) = (&node, flags.write) {
+            return Ok(Opened {
+                fh: self.handles.insert(Handle::Refresh(name.clone())),
+                cache: CachePolicy::Direct,
+                no_flush: true,
+                backing: None,
+            });
+        }
         if flags.write || flags.truncate {
             return Err(refused(&node));
         }
@@ -465,6 +505,7 @@ impl CredFs {
             Handle::Archive(reader) => reader.read_at(offset, size).await,
             Handle::Pending(pending) => pending.read_at(offset, size).await,
             Handle::Write(write) => write.read_at(offset, size).await,
+            Handle::Refresh(_) => Ok(Vec::new()),
             Handle::Dir(_) => Err(Error::new(ErrorKind::IsADirectory, "a directory")),
         }
     }

@@ -184,6 +184,16 @@ impl CredFs {
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32> {
         match self.handles.get(fh).as_deref() {
             Some(Handle::Write(handle)) => self.uploads.write(handle, offset, data).await,
+            Some(Handle::Refresh(name)) => {
+                let ns = self.namespace();
+                let cached = ns
+                    .registries
+                    .get(name)
+                    .ok_or_else(|| Error::not_found(format!("registries/{name}")))?;
+                tracing::info!(registry = %name, "refresh requested");
+                cached.refresh().await?;
+                Ok(data.len() as u32)
+            }
             _ => Err(Error::new(ErrorKind::InvalidInput, "not open for writing")),
         }
     }
