@@ -3,138 +3,38 @@
 
 mod common;
 
+use common::servers::Registry;
 use common::*;
 use std::fs;
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 const USER: &str = "builder";
 const PASSWORD: &str = "registry-pass-4b3c2d";
 
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_registry() -> Registry {
-    for program in ["docker-registry", "htpasswd", "skopeo", "umoci"] {
-        require_program(program);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    let out = run(
-        "htpasswd",
-        &["-Bbc", &htpasswd.to_string_lossy(), USER, PASSWORD],
-    );
-    assert!(out.status.success(), "htpasswd: {}", stderr(&out));
-    let port = free_port();
-    let config = dir.path().join("config.yml");
-    fs::write(
-        &config,
-        format!(
-            "version: 0.1\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}, secret: x}}\nauth: {{htpasswd: {{realm: basic-realm, path: {}}}}}\n",
-            dir.path().join("data").display(),
-            htpasswd.display()
-        ),
-    )
-    .unwrap();
-    let log = fs::File::create(dir.path().join("registry.log")).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("docker-registry");
-    wait_for("docker-registry to listen", Duration::from_secs(30), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Registry {
-        child,
-        port,
-        _dir: dir,
-    }
-}
-
 fn mount_with_password(registry: &Registry, password: &str) -> Daemon {
     let mut daemon = Daemon::prepare(&format!(
-        "[registries.local]\nprovider = \"static\"\nregistry = \"127.0.0.1:{}\"\nusername = \"{USER}\"\npassword = \"{password}\"\n",
-        registry.port
+        "[registries.local]\nprovider = \"static\"\nregistry = \"{}\"\nusername = \"{USER}\"\npassword = \"{password}\"\n",
+        registry.host()
     ));
     daemon.secret(password);
     daemon.spawn();
     daemon
 }
 
-fn build_image(dir: &Path) -> String {
-    let layout = dir.join("oci");
-    let layout_s = layout.to_string_lossy().to_string();
-    let out = run("umoci", &["init", "--layout", &layout_s]);
-    assert!(out.status.success(), "umoci init: {}", stderr(&out));
-    let out = run("umoci", &["new", "--image", &format!("{layout_s}:latest")]);
-    assert!(out.status.success(), "umoci new: {}", stderr(&out));
-    format!("oci:{layout_s}:latest")
-}
-
-/// `skopeo copy` of a fresh image to the registry with the mount's
-/// docker/config.json: (output, authfile, destination).
-fn push_through_mount(
-    registry: &Registry,
-    daemon: &Daemon,
-    repo: &str,
-) -> (std::process::Output, String, String) {
-    let authfile = daemon
-        .path("docker/config.json")
-        .to_string_lossy()
-        .to_string();
-    let image = build_image(daemon.dir.path());
-    let destination = format!("docker://127.0.0.1:{}/test/{repo}:latest", registry.port);
-    let out = run(
-        "skopeo",
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            "--authfile",
-            &authfile,
-            &image,
-            &destination,
-        ],
-    );
-    (out, authfile, destination)
-}
-
 #[test]
 fn skopeo_pushes_and_inspects_with_the_mounted_authfile() {
-    let registry = start_registry();
+    let registry = Registry::start(USER, PASSWORD);
     let daemon = mount_with_password(&registry, PASSWORD);
-    let (out, authfile, destination) = push_through_mount(&registry, &daemon, "hello");
+    let authfile = daemon.path("docker/config.json");
+    let out = registry.push(&authfile, daemon.dir.path(), "hello");
     assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
+    let destination = format!("docker://{}/test/hello:latest", registry.host());
     let out = run(
         "skopeo",
         &[
             "inspect",
             "--tls-verify=false",
             "--authfile",
-            &authfile,
+            &authfile.to_string_lossy(),
             &destination,
         ],
     );
@@ -163,9 +63,13 @@ fn skopeo_pushes_and_inspects_with_the_mounted_authfile() {
 
 #[test]
 fn a_wrong_credential_is_unauthorized() {
-    let registry = start_registry();
+    let registry = Registry::start(USER, PASSWORD);
     let daemon = mount_with_password(&registry, "wrong-pass-1a1a1a");
-    let (out, _, _) = push_through_mount(&registry, &daemon, "denied");
+    let out = registry.push(
+        &daemon.path("docker/config.json"),
+        daemon.dir.path(),
+        "denied",
+    );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
 }

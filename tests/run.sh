@@ -21,11 +21,21 @@ missing=()
 for pair in "${needed[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "tests/run.sh: installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# moto serves the ECR API in the tests; one venv outside the clone, reused.
+venv=/var/cache/credfs/venv
+if ! "$venv/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing moto[server] into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'moto[server]'
+fi
+export CREDFS_MOTO_PYTHON="$venv/bin/python"
+
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 [ -e /dev/fuse ] || { echo "tests/run.sh: /dev/fuse is missing" >&2; exit 1; }
 

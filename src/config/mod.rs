@@ -72,6 +72,9 @@ pub enum HelperProtocol {
 pub enum RegistryProviderConfig {
     Ecr {
         region: String,
+        /// Shown instead of the proxy endpoint's host (a VPC endpoint, a
+        /// mirror); by default the credential's own registry.
+        registry: Option<String>,
         registry_id: Option<String>,
         profile: Option<String>,
         endpoint_url: Option<String>,
@@ -94,6 +97,17 @@ pub enum RegistryProviderConfig {
 }
 
 impl RegistryProviderConfig {
+    /// The registry host[:port][/path] the credential is for, when the
+    /// config says (ECR learns it from its first token).
+    pub fn registry(&self) -> Option<&str> {
+        match self {
+            RegistryProviderConfig::Ecr { registry, .. } => registry.as_deref(),
+            RegistryProviderConfig::Static { registry, .. }
+            | RegistryProviderConfig::Helper { registry, .. }
+            | RegistryProviderConfig::None { registry } => Some(registry),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RegistryProviderConfig::Ecr { .. } => "ecr",

@@ -291,11 +291,19 @@ impl Checker<'_> {
                 self.only_keys(
                     provider_name,
                     &present,
-                    &["region", "registry_id", "profile", "endpoint_url"],
+                    &[
+                        "region",
+                        "registry_id",
+                        "profile",
+                        "endpoint_url",
+                        "registry",
+                    ],
                 );
                 let region = self.required(&table, "region", &raw.region);
+                let registry = raw.registry.as_ref().map(|r| self.registry_host(r));
                 RegistryProviderConfig::Ecr {
                     region: region?.get_ref().clone(),
+                    registry: registry.map_or(Some(None), |r| r.map(Some))?,
                     registry_id: raw.registry_id.map(Spanned::into_inner),
                     profile: raw.profile.map(Spanned::into_inner),
                     endpoint_url: raw.endpoint_url.map(Spanned::into_inner),

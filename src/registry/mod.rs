@@ -2,17 +2,17 @@
 //! file each, and the files every registry directory shows.
 
 mod cache;
+mod ecr;
 mod files;
 mod helper;
 mod none;
 mod static_secret;
-mod unavailable;
 
 pub use cache::CachedRegistry;
 pub use files::{RegistryFile, docker_config_json, render};
 
 use crate::config::RegistryProviderConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::secret::Secret;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -63,11 +63,18 @@ pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider
         } => Arc::new(helper::HelperProvider::new(
             registry, command, *protocol, *timeout, *ttl,
         )),
-        RegistryProviderConfig::Ecr { .. } => {
-            Arc::new(unavailable::FailedProvider(Error::provider(format!(
-                "the `{}` registry provider is not available in this build",
-                config.kind()
-            ))))
-        }
+        RegistryProviderConfig::Ecr {
+            region,
+            registry,
+            registry_id,
+            profile,
+            endpoint_url,
+        } => Arc::new(ecr::EcrProvider::new(
+            region,
+            registry.as_deref(),
+            registry_id.as_deref(),
+            profile.as_deref(),
+            endpoint_url.as_deref(),
+        )),
     }
 }

@@ -2,7 +2,7 @@
 //! error messages only; no value ever goes in.
 
 use super::namespace::Namespace;
-use crate::config::{RegistryProviderConfig, StoreProviderConfig};
+use crate::config::StoreProviderConfig;
 use crate::secret::Secret;
 use crate::status::{EntryStatus, timestamp};
 use crate::upload::Uploads;
@@ -14,13 +14,7 @@ pub fn render(ns: &Namespace, uploads: &Uploads, last_error: Option<&EntryStatus
         let mut entry = cached.status().to_json();
         if let Some(config) = ns.config.registries.get(name) {
             entry["provider"] = json!(config.provider.kind());
-            let registry = match &config.provider {
-                RegistryProviderConfig::Static { registry, .. }
-                | RegistryProviderConfig::Helper { registry, .. }
-                | RegistryProviderConfig::None { registry } => Some(registry.clone()),
-                RegistryProviderConfig::Ecr { .. } => None,
-            };
-            entry["registry"] = json!(registry);
+            entry["registry"] = json!(config.provider.registry());
         }
         registries.insert(name.clone(), entry);
     }

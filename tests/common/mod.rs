@@ -2,6 +2,8 @@
 //! programs. Every daemon's log is checked for the secrets it was given.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

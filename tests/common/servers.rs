@@ -1,0 +1,198 @@
+//! Real servers for tests: a Docker registry with htpasswd auth, and moto
+//! serving the ECR API. Each is stopped when dropped.
+
+use super::{require_program, run, stderr, wait_for};
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_listening(what: &str, port: u16, child: &mut Child, log: &Path) {
+    wait_for(what, Duration::from_secs(60), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited with {status}: {}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// `docker-registry` on loopback, accepting `user`/`password` only.
+    pub fn start(user: &str, password: &str) -> Registry {
+        for program in ["docker-registry", "htpasswd", "skopeo", "umoci"] {
+            require_program(program);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let htpasswd = dir.path().join("htpasswd");
+        let out = run(
+            "htpasswd",
+            &["-Bbc", &htpasswd.to_string_lossy(), user, password],
+        );
+        assert!(out.status.success(), "htpasswd: {}", stderr(&out));
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: 127.0.0.1:{port}, secret: x}}\nauth: {{htpasswd: {{realm: basic-realm, path: {}}}}}\n",
+                dir.path().join("data").display(),
+                htpasswd.display()
+            ),
+        )
+        .expect("registry config");
+        let log_path = dir.path().join("registry.log");
+        let log = fs::File::create(&log_path).expect("log");
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("docker-registry");
+        wait_listening("docker-registry", port, &mut child, &log_path);
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `skopeo copy` of a fresh image built with umoci into `repo`, with
+    /// `authfile`.
+    pub fn push(&self, authfile: &Path, scratch: &Path, repo: &str) -> Output {
+        let image = build_image(scratch);
+        let destination = format!("docker://{}/test/{repo}:latest", self.host());
+        run(
+            "skopeo",
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                "--authfile",
+                &authfile.to_string_lossy(),
+                &image,
+                &destination,
+            ],
+        )
+    }
+}
+
+fn build_image(dir: &Path) -> String {
+    let layout = dir.join("oci");
+    let layout = layout.to_string_lossy().to_string();
+    if !Path::new(&layout).exists() {
+        let out = run("umoci", &["init", "--layout", &layout]);
+        assert!(out.status.success(), "umoci init: {}", stderr(&out));
+        let out = run("umoci", &["new", "--image", &format!("{layout}:latest")]);
+        assert!(out.status.success(), "umoci new: {}", stderr(&out));
+    }
+    format!("oci:{layout}:latest")
+}
+
+/// The python with moto that tests/run.sh installs.
+fn moto_python() -> PathBuf {
+    let python = std::env::var_os("CREDFS_MOTO_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/credfs/venv/bin/python"));
+    assert!(
+        python.exists(),
+        "moto is not installed at {}: run tests/run.sh, which installs it",
+        python.display()
+    );
+    python
+}
+
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+    calls: PathBuf,
+    dir: tempfile::TempDir,
+    lifetime: Duration,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Moto {
+    /// moto serving ECR, its tokens living `lifetime`.
+    pub fn start(lifetime: Duration) -> Moto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut moto = Moto {
+            child: None,
+            port: free_port(),
+            calls: dir.path().join("calls"),
+            dir,
+            lifetime,
+        };
+        moto.restart();
+        moto
+    }
+
+    pub fn restart(&mut self) {
+        let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_ecr.py");
+        let log_path = self.dir.path().join("moto.log");
+        let log = fs::File::create(&log_path).expect("log");
+        let mut child = Command::new(moto_python())
+            .arg(launcher)
+            .arg(self.port.to_string())
+            .env(
+                "CREDFS_TEST_TOKEN_LIFETIME",
+                self.lifetime.as_secs_f64().to_string(),
+            )
+            .env("CREDFS_TEST_CALLS_FILE", &self.calls)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("moto");
+        wait_listening("moto", self.port, &mut child, &log_path);
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// GetAuthorizationToken calls the server has answered.
+    pub fn calls(&self) -> usize {
+        fs::read_to_string(&self.calls).map_or(0, |c| c.lines().count())
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
