@@ -48,15 +48,35 @@ fn expires_at(daemon: &Daemon) -> SystemTime {
 fn the_files_show_what_get_authorization_token_returned() {
     let moto = Moto::start(Duration::from_secs(12 * 3600));
     let daemon = mount(&moto, None);
-    assert_eq!(cat(&daemon, "registries/ecr/token").stdout, token().as_bytes());
+    assert_eq!(
+        cat(&daemon, "registries/ecr/token").stdout,
+        token().as_bytes()
+    );
     assert_eq!(cat(&daemon, "registries/ecr/username").stdout, b"AWS");
-    assert_eq!(cat(&daemon, "registries/ecr/password").stdout, PASSWORD.as_bytes());
-    assert_eq!(cat(&daemon, "registries/ecr/registry").stdout, HOST.as_bytes());
-    let left = expires_at(&daemon).duration_since(SystemTime::now()).unwrap();
-    assert!(left > Duration::from_secs(11 * 3600) && left <= Duration::from_secs(12 * 3600), "{left:?}");
-    let config: serde_json::Value = serde_json::from_slice(&cat(&daemon, "docker/config.json").stdout).unwrap();
-    assert_eq!(config["auths"][HOST]["auth"], token(), "docker config carries the token");
-    let auth: serde_json::Value = serde_json::from_slice(&cat(&daemon, "registries/ecr/auth.json").stdout).unwrap();
+    assert_eq!(
+        cat(&daemon, "registries/ecr/password").stdout,
+        PASSWORD.as_bytes()
+    );
+    assert_eq!(
+        cat(&daemon, "registries/ecr/registry").stdout,
+        HOST.as_bytes()
+    );
+    let left = expires_at(&daemon)
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(11 * 3600) && left <= Duration::from_secs(12 * 3600),
+        "{left:?}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&cat(&daemon, "docker/config.json").stdout).unwrap();
+    assert_eq!(
+        config["auths"][HOST]["auth"],
+        token(),
+        "docker config carries the token"
+    );
+    let auth: serde_json::Value =
+        serde_json::from_slice(&cat(&daemon, "registries/ecr/auth.json").stdout).unwrap();
     assert_eq!(auth["username"], "AWS");
     assert_eq!(moto.calls(), 1, "all of that from one call");
 }
@@ -89,7 +109,11 @@ fn the_mounted_ecr_token_pushes_to_a_real_registry() {
 
     let other = Registry::start("AWS", "a-different-password");
     let daemon = mount(&moto, Some(&other.host()));
-    let out = other.push(&daemon.path("docker/config.json"), daemon.dir.path(), "denied");
+    let out = other.push(
+        &daemon.path("docker/config.json"),
+        daemon.dir.path(),
+        "denied",
+    );
     assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
 }
 
@@ -99,26 +123,54 @@ fn tokens_are_refreshed_before_expiry_without_a_reader_waiting() {
     let daemon = mount(&moto, None);
     assert!(cat(&daemon, "registries/ecr/token").status.success());
     let first = expires_at(&daemon);
-    wait_for("a background refresh", Duration::from_secs(4), || moto.calls() >= 2);
-    assert!(SystemTime::now() < first, "refreshed before the first token expired");
-    wait_for("the new expiry to be served", Duration::from_secs(2), || expires_at(&daemon) > first);
+    wait_for("a background refresh", Duration::from_secs(4), || {
+        moto.calls() >= 2
+    });
+    assert!(
+        SystemTime::now() < first,
+        "refreshed before the first token expired"
+    );
+    wait_for(
+        "the new expiry to be served",
+        Duration::from_secs(2),
+        || expires_at(&daemon) > first,
+    );
 }
 
 #[test]
 fn a_failed_refresh_serves_the_still_valid_token() {
     let mut moto = Moto::start(Duration::from_secs(600));
     let daemon = mount(&moto, None);
-    assert_eq!(cat(&daemon, "registries/ecr/token").stdout, token().as_bytes());
+    assert_eq!(
+        cat(&daemon, "registries/ecr/token").stdout,
+        token().as_bytes()
+    );
     moto.stop();
-    let refresh = sh(&format!("echo > {}", daemon.path("registries/ecr/refresh").display()));
+    let refresh = sh(&format!(
+        "echo > {}",
+        daemon.path("registries/ecr/refresh").display()
+    ));
     assert!(!refresh.status.success(), "the forced refresh fails");
-    assert_eq!(cat(&daemon, "registries/ecr/token").stdout, token().as_bytes());
-    let status: serde_json::Value = serde_json::from_slice(&cat(&daemon, "status.json").stdout).unwrap();
+    assert_eq!(
+        cat(&daemon, "registries/ecr/token").stdout,
+        token().as_bytes()
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&cat(&daemon, "status.json").stdout).unwrap();
     assert_eq!(status["registries"]["ecr"]["state"], "error");
-    assert!(status["registries"]["ecr"]["reason"].as_str().unwrap().contains("GetAuthorizationToken"), "{status}");
+    assert!(
+        status["registries"]["ecr"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("GetAuthorizationToken"),
+        "{status}"
+    );
     assert!(daemon.log().contains("serving the cached credential"));
     moto.restart();
-    let refresh = sh(&format!("echo > {}", daemon.path("registries/ecr/refresh").display()));
+    let refresh = sh(&format!(
+        "echo > {}",
+        daemon.path("registries/ecr/refresh").display()
+    ));
     assert!(refresh.status.success(), "{}", stderr(&refresh));
 }
 
@@ -131,7 +183,12 @@ fn an_expired_token_is_never_served() {
     let expiry = expires_at(&daemon);
     while SystemTime::now() + Duration::from_millis(300) < expiry {
         let out = cat(&daemon, "registries/ecr/token");
-        assert_eq!(out.stdout, token().as_bytes(), "served until it expires: {}", stderr(&out));
+        assert_eq!(
+            out.stdout,
+            token().as_bytes(),
+            "served until it expires: {}",
+            stderr(&out)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     wait_for("reads to fail after expiry", Duration::from_secs(5), || {
@@ -139,5 +196,9 @@ fn an_expired_token_is_never_served() {
     });
     assert!(SystemTime::now() >= expiry);
     let out = cat(&daemon, "registries/ecr/token");
-    assert!(stderr(&out).contains("Input/output error"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Input/output error"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -15,7 +15,7 @@ fi
 needed=(
     fusermount3:fuse3 bwrap:bubblewrap rsync:rsync zip:zip unzip:unzip
     docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo umoci:umoci
-    setpriv:util-linux unshare:util-linux python3:python3
+    setpriv:util-linux unshare:util-linux pgrep:procps python3:python3
 )
 missing=()
 for pair in "${needed[@]}"; do

@@ -1,0 +1,266 @@
+//! The `helper` provider with real helper programs (shell scripts), both
+//! protocols, and its failures.
+
+mod common;
+
+use common::servers::Registry;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SECRET: &str = "helper-secret-7e6d5c";
+
+/// Writes an executable script into the scratch directory.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn helper_entry(name: &str, program: &Path, extra: &str) -> String {
+    format!(
+        "[registries.{name}]\nprovider = \"helper\"\nregistry = \"{name}.example\"\ncommand = [\"{}\", \"get\", \"{name}.example/app\"]\ntimeout = \"2s\"\n{extra}\n",
+        program.display()
+    )
+}
+
+/// A daemon whose config is built once its scratch directory exists.
+fn start(entries: impl FnOnce(&Path) -> String) -> Daemon {
+    let mut daemon = Daemon::prepare("");
+    let config = entries(daemon.dir.path());
+    fs::write(&daemon.config, config).unwrap();
+    daemon.secret(SECRET);
+    daemon.spawn();
+    daemon
+}
+
+fn cat(daemon: &Daemon, path: &str) -> std::process::Output {
+    run("cat", &[&daemon.path(path).to_string_lossy()])
+}
+
+fn status_reason(daemon: &Daemon, registry: &str) -> String {
+    let status: serde_json::Value =
+        serde_json::from_slice(&cat(daemon, "status.json").stdout).unwrap();
+    assert_eq!(status["registries"][registry]["state"], "error", "{status}");
+    status["registries"][registry]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn thin_edge_and_docker_helpers_provide_credentials() {
+    let daemon = start(|dir| {
+        let thin_edge = script(
+            dir,
+            "registry-credentials",
+            &format!(
+                "echo \"$@\" >> {}/args\necho '{{\"username\": \"te-user\", \"password\": \"{SECRET}\"}}'\n",
+                dir.display()
+            ),
+        );
+        let docker = script(
+            dir,
+            "docker-credential-test",
+            &format!(
+                "read url\necho \"{{\\\"ServerURL\\\": \\\"$url\\\", \\\"Username\\\": \\\"$url-user\\\", \\\"Secret\\\": \\\"{SECRET}\\\"}}\"\n"
+            ),
+        );
+        helper_entry("te", &thin_edge, "") + &helper_entry("dk", &docker, "protocol = \"docker\"")
+    });
+    assert_eq!(
+        cat(&daemon, "registries/te/token").stdout,
+        SECRET.as_bytes()
+    );
+    assert_eq!(cat(&daemon, "registries/te/username").stdout, b"te-user");
+    assert_eq!(
+        cat(&daemon, "registries/dk/password").stdout,
+        SECRET.as_bytes()
+    );
+    assert_eq!(
+        cat(&daemon, "registries/dk/username").stdout,
+        b"dk.example-user",
+        "the server URL went to stdin"
+    );
+    let expires = String::from_utf8(cat(&daemon, "registries/te/expires_at").stdout).unwrap();
+    let left = humantime::parse_rfc3339(&expires)
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(3500),
+        "the default ttl of 1h applies: {left:?}"
+    );
+    let refresh = sh(&format!(
+        "echo > {}",
+        daemon.path("registries/te/refresh").display()
+    ));
+    assert!(refresh.status.success(), "{}", stderr(&refresh));
+    let args = fs::read_to_string(daemon.dir.path().join("args")).unwrap();
+    assert_eq!(args, "get te.example/app\nget te.example/app --refresh\n");
+}
+
+#[test]
+fn helper_failures_give_their_documented_errors_and_the_daemon_stays_healthy() {
+    let daemon = start(|dir| {
+        let hangs = script(dir, "hangs", "exec sleep 30\n");
+        let fails = script(
+            dir,
+            "fails",
+            "echo 'boom: the vault is sealed' >&2\nexit 1\n",
+        );
+        let garbage = script(
+            dir,
+            "garbage",
+            &format!("echo 'password={SECRET} not json'\n"),
+        );
+        let wrong_shape = script(
+            dir,
+            "wrong-shape",
+            &format!("echo '{{\"user\": \"{SECRET}\"}}'\n"),
+        );
+        let expired = script(
+            dir,
+            "expired",
+            &format!(
+                "echo '{{\"username\": \"u\", \"password\": \"{SECRET}\", \"expires_at\": \"2020-01-01T00:00:00Z\"}}'\n"
+            ),
+        );
+        let good = script(
+            dir,
+            "good",
+            &format!("echo '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n"),
+        );
+        [
+            ("hangs", hangs),
+            ("fails", fails),
+            ("garbage", garbage),
+            ("wrongshape", wrong_shape),
+            ("expired", expired),
+            ("good", good),
+        ]
+        .iter()
+        .map(|(name, program)| helper_entry(name, program, ""))
+        .collect()
+    });
+    let started = std::time::Instant::now();
+    let hang = cat(&daemon, "registries/hangs/token");
+    assert!(stderr(&hang).contains("Input/output error"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout stopped the helper"
+    );
+    assert!(status_reason(&daemon, "hangs").contains("timed out after 2s"));
+
+    assert!(!cat(&daemon, "registries/fails/token").status.success());
+    let reason = status_reason(&daemon, "fails");
+    assert!(
+        reason.contains("exited with exit status: 1: boom: the vault is sealed"),
+        "{reason}"
+    );
+
+    assert!(!cat(&daemon, "registries/garbage/token").status.success());
+    assert!(status_reason(&daemon, "garbage").contains("printed invalid JSON"));
+    assert!(!cat(&daemon, "registries/wrongshape/token").status.success());
+    assert!(status_reason(&daemon, "wrongshape").contains("printed JSON of the wrong shape"));
+    assert!(!cat(&daemon, "registries/expired/token").status.success());
+    assert!(status_reason(&daemon, "expired").contains("expired at 2020-01-01T00:00:00Z"));
+
+    // The daemon is healthy: others still serve, and the status holds no secret.
+    assert_eq!(
+        cat(&daemon, "registries/good/token").stdout,
+        SECRET.as_bytes()
+    );
+    let status = String::from_utf8(cat(&daemon, "status.json").stdout).unwrap();
+    daemon.assert_no_secret_in(&status, "status.json");
+}
+
+#[test]
+fn a_slow_helper_does_not_stall_other_readers() {
+    let daemon = start(|dir| {
+        let slow = script(
+            dir,
+            "slow",
+            &format!("sleep 1.5\necho '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n"),
+        );
+        helper_entry("slow", &slow, "") + "[secrets.s]\nk = \"v\"\n"
+    });
+    let slow_path = daemon.path("registries/slow/token");
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| run("cat", &[&slow_path.to_string_lossy()]));
+        wait_for("the slow helper to start", Duration::from_secs(5), || {
+            run(
+                "pgrep",
+                &["-f", &daemon.dir.path().join("slow").to_string_lossy()],
+            )
+            .status
+            .success()
+        });
+        for _ in 0..20 {
+            assert_eq!(cat(&daemon, "secrets/s/k").stdout, b"v");
+        }
+        assert!(
+            !slow.is_finished(),
+            "the other reads finished while the slow one waited"
+        );
+        assert_eq!(slow.join().unwrap().stdout, SECRET.as_bytes());
+    });
+}
+
+#[test]
+fn cold_concurrent_readers_run_the_helper_once_and_ttl_refreshes_it() {
+    let daemon = start(|dir| {
+        let counted = script(
+            dir,
+            "counted",
+            &format!(
+                "echo run >> {}/runs\nsleep 0.2\necho '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n",
+                dir.display()
+            ),
+        );
+        helper_entry("counted", &counted, "ttl = \"3s\"")
+    });
+    let runs =
+        || fs::read_to_string(daemon.dir.path().join("runs")).map_or(0, |r| r.lines().count());
+    let token = daemon.path("registries/counted/token");
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..64)
+            .map(|_| scope.spawn(|| run("cat", &[&token.to_string_lossy()])))
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.join().unwrap().stdout, SECRET.as_bytes());
+        }
+    });
+    assert_eq!(runs(), 1);
+    wait_for(
+        "a refresh before the ttl ends",
+        Duration::from_secs(3),
+        || runs() >= 2,
+    );
+}
+
+#[test]
+fn a_helper_credential_pushes_to_a_real_registry() {
+    let registry = Registry::start("helper-user", SECRET);
+    let host = registry.host();
+    let daemon = start(|dir| {
+        let helper = script(
+            dir,
+            "h",
+            &format!("echo '{{\"username\": \"helper-user\", \"password\": \"{SECRET}\"}}'\n"),
+        );
+        format!(
+            "[registries.local]\nprovider = \"helper\"\nregistry = \"{host}\"\ncommand = [\"{}\"]\n",
+            helper.display()
+        )
+    });
+    let out = registry.push(
+        &daemon.path("docker/config.json"),
+        daemon.dir.path(),
+        "from-helper",
+    );
+    assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
+}
