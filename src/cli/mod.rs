@@ -1,6 +1,7 @@
 //! The `credfs` command line.
 
 mod check;
+mod get;
 mod mount;
 mod status;
 
@@ -40,6 +41,24 @@ enum Command {
         #[arg(long)]
         probe: bool,
     },
+    /// Print {"username","password"} for the registry serving IMAGE
+    /// (thin-edge's registry-credentials protocol).
+    Get {
+        image: String,
+        /// Fetch a new credential first.
+        #[arg(long)]
+        refresh: bool,
+        /// The mounted tree [default: $CREDFS_MOUNT, else /run/credfs]
+        #[arg(long)]
+        mount: Option<PathBuf>,
+    },
+    /// Docker's credential-helper protocol (get, list) over the mounted tree;
+    /// also run as `docker-credential-credfs ACTION`.
+    DockerCredential {
+        action: String,
+        #[arg(long)]
+        mount: Option<PathBuf>,
+    },
     /// Summarise status.json of a mounted tree.
     Status {
         /// The mount point [default: [mount] path of the config, else /run/credfs]
@@ -66,12 +85,36 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
+/// The command line as credfs reads it: `docker-credential-credfs ACTION`
+/// and `registry-credentials get IMAGE` (symlinks to credfs) are credfs
+/// subcommands under another name.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let program = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if program.starts_with("docker-credential-") {
+        args.insert(1, "docker-credential".into());
+    }
+    args
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     init_logging(cli.log_level.as_deref());
     match cli.command {
         Command::Mount { config, mountpoint } => mount::run(&config_path(config), mountpoint),
         Command::Check { config, probe } => check::run(&config_path(config), probe),
         Command::Status { mountpoint } => status::run(mountpoint),
+        Command::Get {
+            image,
+            refresh,
+            mount,
+        } => get::thin_edge(&image, refresh, &get::mountpoint(mount)),
+        Command::DockerCredential { action, mount } => {
+            get::docker(&action, &get::mountpoint(mount))
+        }
     }
 }

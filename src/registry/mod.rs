@@ -5,6 +5,7 @@ mod cache;
 mod ecr;
 mod files;
 mod helper;
+pub mod matching;
 mod none;
 mod static_secret;
 
