@@ -58,6 +58,10 @@ pub struct RawRegistry {
     pub protocol: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub ttl: Option<Spanned<String>>,
+    // thin-edge
+    pub credentials_file: Option<Spanned<String>>,
+    pub section: Option<Spanned<String>>,
+    pub env_index: Option<Spanned<u32>>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mode: Option<Spanned<String>>,

@@ -279,6 +279,12 @@ impl Checker<'_> {
             ("protocol", raw.protocol.as_ref().map(Spanned::span)),
             ("timeout", raw.timeout.as_ref().map(Spanned::span)),
             ("ttl", raw.ttl.as_ref().map(Spanned::span)),
+            (
+                "credentials_file",
+                raw.credentials_file.as_ref().map(Spanned::span),
+            ),
+            ("section", raw.section.as_ref().map(Spanned::span)),
+            ("env_index", raw.env_index.as_ref().map(Spanned::span)),
         ];
         let access = Access {
             uid: raw.uid,
@@ -365,15 +371,121 @@ impl Checker<'_> {
                     registry: registry.and_then(|r| self.registry_host(r))?,
                 }
             }
+            "thin-edge" => {
+                self.only_keys(
+                    provider_name,
+                    &present,
+                    &["credentials_file", "section", "env_index"],
+                );
+                self.thin_edge(&table, &raw)?
+            }
             other => {
                 self.error(
                     &raw.provider.span(),
-                    format!("unknown registry provider `{other}`, expected one of: ecr, static, helper, none"),
+                    format!("unknown registry provider `{other}`, expected one of: ecr, static, helper, none, thin-edge"),
                 );
                 return None;
             }
         };
         Some(RegistryConfig { access, provider })
+    }
+
+    /// thin-edge's own credentials, read once at load: a `[registryN]`
+    /// section of its credentials.toml, or its CONTAINER_REGISTRYn_*
+    /// variables. They serve as a `static` registry.
+    fn thin_edge(
+        &mut self,
+        table: &Range<usize>,
+        raw: &RawRegistry,
+    ) -> Option<RegistryProviderConfig> {
+        let (repo, username, password) = match (&raw.credentials_file, &raw.section, &raw.env_index)
+        {
+            (Some(file), Some(section), None) => self.thin_edge_file(file, section)?,
+            (None, None, Some(index)) => {
+                let n = index.get_ref();
+                let mut var = |field: &str| {
+                    let name = format!("CONTAINER_REGISTRY{n}_{field}");
+                    let value = std::env::var(&name).ok();
+                    if value.is_none() {
+                        self.error(
+                            &index.span(),
+                            format!("environment variable `{name}` is not set"),
+                        );
+                    }
+                    value
+                };
+                let (repo, username, password) = (var("REPO"), var("USERNAME"), var("PASSWORD"));
+                (repo?, username?, password?)
+            }
+            _ => {
+                self.error(
+                    table,
+                    "a thin-edge registry needs `credentials_file` and `section`, or `env_index`",
+                );
+                return None;
+            }
+        };
+        let span = raw.provider.span();
+        let registry = self.registry_host(&Spanned::new(span, repo))?;
+        Some(RegistryProviderConfig::Static {
+            registry,
+            username: Secret::from(username),
+            password: Secret::from(password),
+        })
+    }
+
+    fn thin_edge_file(
+        &mut self,
+        file: &Spanned<String>,
+        section: &Spanned<String>,
+    ) -> Option<(String, String, String)> {
+        let base = self.path.parent().unwrap_or(Path::new("/"));
+        let text = match fs::read_to_string(base.join(file.get_ref())) {
+            Ok(text) => zeroize::Zeroizing::new(text),
+            Err(e) => {
+                self.error(
+                    &file.span(),
+                    format!(
+                        "cannot read thin-edge credentials `{}`: {e}",
+                        file.get_ref()
+                    ),
+                );
+                return None;
+            }
+        };
+        let table: toml::Table = match toml::from_str(&text) {
+            Ok(table) => table,
+            Err(e) => {
+                let message = format!(
+                    "thin-edge credentials `{}` are not valid TOML: {}",
+                    file.get_ref(),
+                    e.message()
+                );
+                self.error(&file.span(), message);
+                return None;
+            }
+        };
+        let field = |name: &str| {
+            table
+                .get(section.get_ref())
+                .and_then(|s| s.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        match (field("repo"), field("username"), field("password")) {
+            (Some(repo), Some(username), Some(password)) => Some((repo, username, password)),
+            _ => {
+                self.error(
+                    &section.span(),
+                    format!(
+                        "`[{}]` of `{}` needs repo, username and password",
+                        section.get_ref(),
+                        file.get_ref()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn helper_command(&mut self, command: Spanned<Vec<String>>) -> Option<Vec<String>> {
@@ -835,5 +947,64 @@ key = "v"
             e,
             ["c.toml:4:11: helper program `helper` must be an absolute path"]
         );
+    }
+
+    #[test]
+    fn thin_edge_credentials_become_static_registries() {
+        let dir = std::env::temp_dir().join(format!("credfs-te-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("credentials.toml"),
+            "[registry1]\nrepo = \"ghcr.io/org\"\nusername = \"te\"\npassword = \"te-pass\"\n",
+        )
+        .unwrap();
+        // SAFETY: a variable only this test reads.
+        unsafe {
+            std::env::set_var("CONTAINER_REGISTRY7_REPO", "docker.io");
+            std::env::set_var("CONTAINER_REGISTRY7_USERNAME", "envuser");
+            std::env::set_var("CONTAINER_REGISTRY7_PASSWORD", "env-pass");
+        }
+        let text = "[registries.fromfile]\nprovider = \"thin-edge\"\ncredentials_file = \"credentials.toml\"\nsection = \"registry1\"\n\
+                    [registries.fromenv]\nprovider = \"thin-edge\"\nenv_index = 7\n";
+        let config = parse(&dir.join("c.toml"), text).expect("valid");
+        let RegistryProviderConfig::Static {
+            registry,
+            username,
+            password,
+        } = &config.registries["fromfile"].provider
+        else {
+            panic!("static");
+        };
+        assert_eq!(
+            (registry.as_str(), username.expose(), password.expose()),
+            ("ghcr.io/org", &b"te"[..], &b"te-pass"[..])
+        );
+        assert_eq!(
+            config.registries["fromenv"].provider.registry(),
+            Some("docker.io")
+        );
+        let missing = parse(
+            &dir.join("c.toml"),
+            "[registries.x]\nprovider = \"thin-edge\"\ncredentials_file = \"credentials.toml\"\nsection = \"registry9\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            missing.to_string().contains(
+                "c.toml:4:11: `[registry9]` of `credentials.toml` needs repo, username and password"
+            ),
+            "{missing}"
+        );
+        let unset = parse(
+            &dir.join("c.toml"),
+            "[registries.x]\nprovider = \"thin-edge\"\nenv_index = 99\n",
+        )
+        .unwrap_err();
+        assert!(
+            unset
+                .to_string()
+                .contains("`CONTAINER_REGISTRY99_REPO` is not set"),
+            "{unset}"
+        );
+        let _ = fs::remove_dir_all(dir);
     }
 }
