@@ -73,3 +73,58 @@ fn a_wrong_credential_is_unauthorized() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
 }
+
+#[test]
+fn check_probe_logs_in_to_reachable_registries() {
+    let registry = Registry::start(USER, PASSWORD);
+    let unused = common::servers::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let entry = |name: &str, host: &str, password: &str| {
+        format!(
+            "[registries.{name}]\nprovider = \"static\"\nregistry = \"{host}\"\nusername = \"{USER}\"\npassword = \"{password}\"\n"
+        )
+    };
+    let text = entry("good", &registry.host(), PASSWORD)
+        + &entry("bad", &registry.host(), "wrong-probe-9x9x")
+        + &entry("away", &format!("127.0.0.1:{unused}"), PASSWORD)
+        + "[registries.open]\nprovider = \"none\"\nregistry = \"localhost:1\"\n";
+    fs::write(&config, text).unwrap();
+    let private: fs::Permissions = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+    fs::set_permissions(&config, private).unwrap();
+    let out = run(
+        BIN,
+        &["check", "--probe", "--config", &config.to_string_lossy()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one credential is refused: {text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "registry good: ok (logged in to {})",
+            registry.host()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "registry bad: error: {} refused the credential (401",
+            registry.host()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("registry away: ok (fetched; login not tried, unreachable:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("registry open: ok (no credential needed)"),
+        "{text}"
+    );
+    for secret in [PASSWORD, "wrong-probe-9x9x"] {
+        assert!(!text.contains(secret) && !stderr(&out).contains(secret));
+    }
+}

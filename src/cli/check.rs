@@ -1,7 +1,8 @@
 //! `credfs check`: validate a config, and with `--probe` try each entry once.
 
 use crate::config::{self, Config};
-use crate::registry;
+use crate::error::Error;
+use crate::registry::{self, probe::Login};
 use crate::store;
 use std::path::Path;
 use std::process::ExitCode;
@@ -55,7 +56,27 @@ async fn probe_all(config: &Config) -> bool {
         let fetched = registry::provider_for(&registry.provider)
             .fetch(false)
             .await;
-        report(format!("registry {name}"), fetched.map(|_| ()));
+        let what = format!("registry {name}");
+        let credential = match fetched {
+            Ok(credential) => credential,
+            Err(e) => {
+                report(what, Err(e));
+                continue;
+            }
+        };
+        if !credential.has_secret() {
+            println!("{what}: ok (no credential needed)");
+            continue;
+        }
+        let login = tokio::task::spawn_blocking(move || registry::probe::login(&credential)).await;
+        match login {
+            Ok(Login::Accepted(how)) => println!("{what}: ok ({how})"),
+            Ok(Login::Unreachable(why)) => {
+                println!("{what}: ok (fetched; login not tried, unreachable: {why})")
+            }
+            Ok(Login::Refused(why)) => report(what, Err(Error::denied(why))),
+            Err(e) => report(what, Err(Error::provider(e.to_string()))),
+        }
     }
     for (name, store_config) in &config.stores {
         match store::open_store(store_config).await {

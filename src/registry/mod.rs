@@ -7,6 +7,7 @@ mod files;
 mod helper;
 pub mod matching;
 mod none;
+pub mod probe;
 mod static_secret;
 
 pub use cache::CachedRegistry;
