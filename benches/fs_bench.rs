@@ -31,8 +31,10 @@ impl Daemon {
         fs::write(
             &config,
             format!(
-                "[registries.bench]\nprovider = \"static\"\nregistry = \"r\"\nusername = \"u\"\npassword = \"{TOKEN}\"\n\
+                "[registries.bench]\nprovider = \"static\"\nregistry = \"bench.example\"\nusername = \"u\"\npassword = \"{TOKEN}\"\n\
+                 [registries.cold]\nprovider = \"helper\"\nregistry = \"cold.example\"\ncommand = [\"{}\"]\n\
                  [stores.disk]\nprovider = \"filesystem\"\nroot = \"{}\"\nbuckets = [\"b\"]\nsync = {sync}\n",
+                helper_script(dir, "counting-helper", true).display(),
                 dir.join("store").display()
             ),
         )
@@ -71,6 +73,56 @@ impl Drop for Daemon {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+/// A trivial thin-edge helper; the counting one records each run.
+fn helper_script(dir: &Path, name: &str, counting: bool) -> PathBuf {
+    let path = dir.join(name);
+    let count = match counting {
+        true => format!("echo run >> {}/helper-runs\nsleep 0.05\n", dir.display()),
+        false => String::new(),
+    };
+    let body =
+        format!("#!/bin/sh\n{count}echo '{{\"username\": \"u\", \"password\": \"{TOKEN}\"}}'\n");
+    fs::write(&path, body).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// p50 of running `program args`, each a new process.
+fn exec_latency(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Duration {
+    let mut samples: Vec<Duration> = (0..CAT_ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            let out = Command::new(program)
+                .args(args)
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            start.elapsed()
+        })
+        .collect();
+    samples.sort();
+    percentile(&samples, 0.5)
+}
+
+/// Provider runs caused by 256 concurrent first reads of a cold token.
+fn cold_reader_calls(mnt: &Path, dir: &Path) -> usize {
+    let token = mnt.join("registries/cold/token");
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..256)
+            .map(|_| scope.spawn(|| Command::new("cat").arg(&token).output().unwrap()))
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.join().unwrap().stdout, TOKEN.as_bytes());
+        }
+    });
+    fs::read_to_string(dir.join("helper-runs")).map_or(0, |r| r.lines().count())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -201,6 +253,47 @@ fn main() {
         format!("{:.0} tmpfs", us(cat_tmpfs)),
         us(cat_fuse) / us(cat_tmpfs),
         "",
+    );
+
+    let calls = cold_reader_calls(&daemon.mnt, &scratch);
+    row(
+        "provider calls, 256 concurrent cold readers",
+        calls.to_string(),
+        "1 ideal".into(),
+        calls as f64,
+        "= 1x",
+    );
+    let mnt = daemon.mnt.to_string_lossy().to_string();
+    let get = exec_latency(
+        Path::new(BIN),
+        &["get", "bench.example/app", "--mount", &mnt],
+        &[],
+    );
+    let script = exec_latency(
+        &helper_script(&scratch, "trivial-helper", false),
+        &["get", "x"],
+        &[],
+    );
+    let small = scratch.join("registry-credentials");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_credfs-helper"), &small).unwrap();
+    let small_get = exec_latency(
+        &small,
+        &["get", "bench.example/app"],
+        &[("CREDFS_MOUNT", &mnt)],
+    );
+    row(
+        "registry-credentials get (credfs-helper) p50 (us)",
+        format!("{:.0}", us(small_get)),
+        format!("{:.0} sh helper", us(script)),
+        us(small_get) / us(script),
+        "<= 1x",
+    );
+    row(
+        "`credfs get IMAGE` per call p50 (us)",
+        format!("{:.0}", us(get)),
+        format!("{:.0} sh helper", us(script)),
+        us(get) / us(script),
+        "<= 1x",
     );
 
     let archive = scratch.join("archive.zip");

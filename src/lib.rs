@@ -2,6 +2,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fuse;
+pub mod helper_protocols;
 pub mod registry;
 pub mod secret;
 pub mod status;

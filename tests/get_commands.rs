@@ -136,3 +136,32 @@ fn docker_credential_credfs_speaks_dockers_protocol() {
         "also as a credfs subcommand"
     );
 }
+
+#[test]
+fn the_small_credfs_helper_binary_speaks_both_protocols() {
+    let daemon = start();
+    let helper = env!("CARGO_BIN_EXE_credfs-helper");
+    let link = |name: &str| {
+        let path = daemon.dir.path().join("small").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(helper, &path).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (thin_edge, docker) = (
+        link("registry-credentials"),
+        link("docker-credential-credfs"),
+    );
+    let mnt = daemon.mnt.to_string_lossy().to_string();
+    let out = sh(&format!(
+        "CREDFS_MOUNT={mnt} {thin_edge} get ghcr.io/org/app"
+    ));
+    assert_eq!(
+        json_of(&out),
+        json!({"username": "org-bot", "password": "ghcr-org-2e2e"})
+    );
+    let out = sh(&format!("echo ghcr.io | CREDFS_MOUNT={mnt} {docker} get"));
+    assert_eq!(json_of(&out)["Secret"], "ghcr-wide-1f1f");
+    let usage = run(helper, &[]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(stderr(&usage).contains("run me as registry-credentials or docker-credential-credfs"));
+}

@@ -264,3 +264,48 @@ fn a_helper_credential_pushes_to_a_real_registry() {
     );
     assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
 }
+
+#[test]
+fn a_changed_provider_config_drops_only_that_registrys_cached_token() {
+    let mut daemon = Daemon::prepare("");
+    let dir = daemon.dir.path().to_path_buf();
+    let counted = |name: &str| {
+        script(
+            &dir,
+            name,
+            &format!(
+                "echo run >> {}/{name}.runs\necho '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n",
+                dir.display()
+            ),
+        )
+    };
+    let (changing, steady) = (counted("changing"), counted("steady"));
+    let config = |ttl: &str| {
+        helper_entry("changing", &changing, &format!("ttl = \"{ttl}\""))
+            + &helper_entry("steady", &steady, "")
+    };
+    fs::write(&daemon.config, config("1h")).unwrap();
+    daemon.secret(SECRET);
+    daemon.spawn();
+    let runs = |name: &str| {
+        fs::read_to_string(dir.join(format!("{name}.runs"))).map_or(0, |r| r.lines().count())
+    };
+    for name in ["changing", "steady"] {
+        assert_eq!(
+            cat(&daemon, &format!("registries/{name}/token")).stdout,
+            SECRET.as_bytes()
+        );
+    }
+    fs::write(&daemon.config, config("2h")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for("the reload", Duration::from_secs(10), || {
+        daemon.log().contains("config reloaded")
+    });
+    for name in ["changing", "steady"] {
+        assert_eq!(
+            cat(&daemon, &format!("registries/{name}/token")).stdout,
+            SECRET.as_bytes()
+        );
+    }
+    assert_eq!((runs("changing"), runs("steady")), (2, 1));
+}

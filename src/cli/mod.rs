@@ -1,7 +1,7 @@
 //! The `credfs` command line.
 
 mod check;
-mod get;
+
 mod mount;
 mod status;
 
@@ -85,24 +85,14 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
-/// The command line as credfs reads it: `docker-credential-credfs ACTION`
-/// and `registry-credentials get IMAGE` (symlinks to credfs) are credfs
-/// subcommands under another name.
-fn arguments() -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let program = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if program.starts_with("docker-credential-") {
-        args.insert(1, "docker-credential".into());
-    }
-    args
-}
-
 pub fn main() -> ExitCode {
-    let cli = Cli::parse_from(arguments());
+    // Under a helper's name (a symlink to credfs) credfs speaks that
+    // helper's protocol.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(code) = crate::helper_protocols::dispatch_by_name(&args) {
+        return code;
+    }
+    let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
     match cli.command {
         Command::Mount { config, mountpoint } => mount::run(&config_path(config), mountpoint),
@@ -112,9 +102,13 @@ pub fn main() -> ExitCode {
             image,
             refresh,
             mount,
-        } => get::thin_edge(&image, refresh, &get::mountpoint(mount)),
+        } => crate::helper_protocols::thin_edge(
+            &image,
+            refresh,
+            &crate::helper_protocols::mountpoint(mount),
+        ),
         Command::DockerCredential { action, mount } => {
-            get::docker(&action, &get::mountpoint(mount))
+            crate::helper_protocols::docker(&action, &crate::helper_protocols::mountpoint(mount))
         }
     }
 }

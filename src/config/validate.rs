@@ -867,7 +867,7 @@ key = "v"
         assert_eq!(
             errors("[registries.x]\nprovider = \"magic\"\n"),
             [
-                "c.toml:2:12: unknown registry provider `magic`, expected one of: ecr, static, helper, none"
+                "c.toml:2:12: unknown registry provider `magic`, expected one of: ecr, static, helper, none, thin-edge"
             ]
         );
         let unknown = errors("[mount]\npath = \"/x\"\nfrobnicate = 1\n");

@@ -275,6 +275,9 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (caller, flags) = (caller(req), open_flags(flags.0));
+        if let Some(opened) = self.fs.open_now(ino.0, flags) {
+            return reply.opened(FileHandle(opened.fh), fopen_flags(&opened));
+        }
         let backing = self.backing.clone();
         self.spawn(move |fs| async move {
             match fs.open(ino.0, flags, caller).await {
@@ -402,6 +405,9 @@ impl Filesystem for FuseAdapter {
     ) {
         if let Ok(mut ids) = self.backing.lock() {
             ids.remove(&fh.0);
+        }
+        if self.fs.release_now(fh.0) {
+            return reply.ok();
         }
         self.spawn(move |fs| async move {
             fs.release(fh.0).await;

@@ -77,6 +77,11 @@ impl CachedRegistry {
         }
     }
 
+    /// The cached credential if it is still valid, without waiting.
+    pub fn cached(&self) -> Option<Arc<Credential>> {
+        self.current()
+    }
+
     fn current(&self) -> Option<Arc<Credential>> {
         let mut state = self.state();
         match &state.current {

@@ -471,7 +471,32 @@ impl CredFs {
             return Err(refused(&node));
         }
         let value = self.value(&ns, &node).await?;
-        let cache = if node == Node::Status {
+        Ok(self.opened_value(ino, &node, value))
+    }
+
+    /// Answers a read-only open of a secret or of a cached credential's
+    /// file at once, on the calling thread: the common case needs no hop to
+    /// the async workers. `None`: ask `open`.
+    pub fn open_now(&self, ino: u64, flags: OpenFlags) -> Option<Opened> {
+        if flags.write || flags.truncate {
+            return None;
+        }
+        let ns = self.namespace();
+        let node = self.inodes.node(ino)?;
+        let value = match &node {
+            Node::Secret(group, key) => ns.config.secrets.get(group)?.get(key)?.clone(),
+            Node::RegistryFile(name, file) => {
+                registry::render(*file, &*ns.registries.get(name)?.cached()?)
+            }
+            _ => return None,
+        };
+        Some(self.opened_value(ino, &node, value))
+    }
+
+    /// A handle on one value; the kernel keeps its cached copy only while
+    /// that copy is the value.
+    fn opened_value(&self, ino: u64, node: &Node, value: Secret) -> Opened {
+        let cache = if *node == Node::Status {
             CachePolicy::Direct
         } else if self
             .published
@@ -482,12 +507,26 @@ impl CredFs {
         } else {
             CachePolicy::Direct
         };
-        Ok(Opened {
+        Opened {
             fh: self.handles.insert(Handle::Value(value)),
             cache,
             no_flush: true,
             backing: None,
-        })
+        }
+    }
+
+    /// Releases a handle that has nothing left to do (anything but a
+    /// writer) at once; `false`: ask `release`.
+    pub fn release_now(&self, fh: u64) -> bool {
+        let done = self
+            .handles
+            .get(fh)
+            .is_none_or(|h| !matches!(h.as_ref(), Handle::Write(_)));
+        if done {
+            self.io_modes.release(fh);
+            self.handles.remove(fh);
+        }
+        done
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {

@@ -1,7 +1,9 @@
-//! `credfs get IMAGE` (thin-edge's `registry-credentials get IMAGE
-//! [--refresh]`, so that can be a symlink to credfs) and
-//! `docker-credential-credfs get` (Docker's credential-helper protocol):
-//! both answer from a mounted tree.
+//! The credential-helper protocols over a mounted tree: thin-edge's
+//! `registry-credentials get IMAGE [--refresh]` and Docker's
+//! `docker-credential-credfs get|list`. Served by `credfs get` and
+//! `credfs docker-credential`, by credfs under those names (symlinks), and
+//! by the small `credfs-helper` binary, which starts several times faster
+//! than the daemon's binary: a helper runs once per image pull.
 
 use crate::registry::matching;
 use serde_json::json;
@@ -34,12 +36,17 @@ fn registries(mount: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(found)
 }
 
-fn read(mount: &Path, name: &str, file: &str) -> Result<Zeroizing<String>, String> {
-    let path = mount.join("registries").join(name).join(file);
+/// Username and password of registry `name`, from its auth.json (one read
+/// instead of two: helpers run once per pull).
+fn credentials(mount: &Path, name: &str) -> Result<(Zeroizing<String>, Zeroizing<String>), String> {
+    let path = mount.join("registries").join(name).join("auth.json");
     let bytes = Zeroizing::new(
         std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
     );
-    Ok(Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()))
+    let auth: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| format!("{} is not JSON", path.display()))?;
+    let field = |key: &str| Zeroizing::new(auth[key].as_str().unwrap_or_default().to_string());
+    Ok((field("username"), field("password")))
 }
 
 fn refresh(mount: &Path, name: &str) -> Result<(), String> {
@@ -61,10 +68,7 @@ pub fn thin_edge(image: &str, force_refresh: bool, mount: &Path) -> ExitCode {
         if force_refresh {
             refresh(mount, name)?;
         }
-        let (username, password) = (
-            read(mount, name, "username")?,
-            read(mount, name, "password")?,
-        );
+        let (username, password) = credentials(mount, name)?;
         Ok::<_, String>(Zeroizing::new(
             json!({ "username": *username, "password": *password }).to_string(),
         ))
@@ -94,10 +98,7 @@ pub fn docker(action: &str, mount: &Path) -> ExitCode {
                 // Docker recognises this message as "no credentials".
                 let name = matching::best_for_server(server, &found)
                     .ok_or_else(|| "credentials not found in native keychain".to_string())?;
-                let (username, secret) = (
-                    read(mount, name, "username")?,
-                    read(mount, name, "password")?,
-                );
+                let (username, secret) = credentials(mount, name)?;
                 Ok::<_, String>(Zeroizing::new(
                     json!({ "ServerURL": server, "Username": *username, "Secret": *secret })
                         .to_string(),
@@ -119,7 +120,7 @@ pub fn docker(action: &str, mount: &Path) -> ExitCode {
                 let listing: serde_json::Map<String, serde_json::Value> = found
                     .iter()
                     .filter_map(|(name, registry)| {
-                        let user = read(mount, name, "username").ok()?;
+                        let (user, _) = credentials(mount, name).ok()?;
                         Some((registry.clone(), json!(*user)))
                     })
                     .collect();
@@ -133,4 +134,28 @@ pub fn docker(action: &str, mount: &Path) -> ExitCode {
             "unknown docker-credential action `{other}`: expected get, list, store or erase"
         )),
     }
+}
+
+/// Handles a run under a helper's name (`docker-credential-*`,
+/// `registry-credentials`); `None` for any other name.
+pub fn dispatch_by_name(args: &[String]) -> Option<ExitCode> {
+    let program = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())?;
+    let mount = mountpoint(None);
+    if program.starts_with("docker-credential-") {
+        let action = args.get(1).map_or("", String::as_str);
+        return Some(docker(action, &mount));
+    }
+    if program == "registry-credentials" {
+        return Some(match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("get"), Some(image)) => {
+                let refresh = args[3..].iter().any(|a| a == "--refresh");
+                thin_edge(image, refresh, &mount)
+            }
+            _ => fail("usage: registry-credentials get IMAGE [--refresh]"),
+        });
+    }
+    None
 }
