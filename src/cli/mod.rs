@@ -1,7 +1,6 @@
 //! The `credfs` command line.
 
 mod check;
-
 mod mount;
 mod status;
 
@@ -61,7 +60,7 @@ enum Command {
     },
     /// Summarise status.json of a mounted tree.
     Status {
-        /// The mount point [default: [mount] path of the config, else /run/credfs]
+        /// The mount point [default: $CREDFS_MOUNT, else /run/credfs]
         mountpoint: Option<PathBuf>,
     },
 }

@@ -4,10 +4,8 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const DEFAULT_MOUNTPOINT: &str = "/run/credfs";
-
 pub fn run(mountpoint: Option<PathBuf>) -> ExitCode {
-    let mountpoint = mountpoint.unwrap_or_else(|| PathBuf::from(DEFAULT_MOUNTPOINT));
+    let mountpoint = crate::helper_protocols::mountpoint(mountpoint);
     let path = mountpoint.join("status.json");
     let document: Value = match std::fs::read(&path)
         .map_err(|e| e.to_string())

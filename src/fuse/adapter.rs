@@ -95,8 +95,9 @@ fn passthrough_flags(opened: &Opened) -> FopenFlags {
     fopen_flags(opened) - FopenFlags::FOPEN_DIRECT_IO
 }
 
-/// Registers the handle's backing file with the kernel, or returns `None`
-/// (no passthrough support, not permitted) so the handle is served by us.
+/// Registers the handle's backing file with the kernel and keeps the
+/// registration until release. `false` (no backing file, no passthrough
+/// support, not permitted): the handle's I/O comes to us.
 fn register_backing(
     opened: &Opened,
     open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
@@ -119,6 +120,7 @@ fn register_backing(
     }
 }
 
+/// Uses the registration of `fh`, made by `register_backing`.
 fn with_backing<T>(
     registry: &Mutex<HashMap<u64, BackingId>>,
     fh: u64,
