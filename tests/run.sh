@@ -36,6 +36,13 @@ if ! "$venv/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
 fi
 export CREDFS_MOTO_PYTHON="$venv/bin/python"
 
+# s3s-fs serves S3 in the tests (0.15+ needs a newer rustc than this one).
+if [ ! -x /var/cache/credfs/bin/s3s-fs ]; then
+    echo "tests/run.sh: installing s3s-fs"
+    cargo install --quiet --root /var/cache/credfs --locked --features binary s3s-fs@0.14.1
+fi
+export CREDFS_S3S_FS=/var/cache/credfs/bin/s3s-fs
+
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 [ -e /dev/fuse ] || { echo "tests/run.sh: /dev/fuse is missing" >&2; exit 1; }
 

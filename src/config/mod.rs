@@ -144,6 +144,8 @@ pub enum StoreProviderConfig {
         prefix: String,
         part_size: u64,
         checksums: bool,
+        /// Where uploads wait for their commit.
+        spool_dir: PathBuf,
     },
     Azure {
         connection_string: Option<Secret>,

@@ -89,6 +89,7 @@ pub struct RawStore {
     pub prefix: Option<Spanned<String>>,
     pub part_size: Option<Spanned<String>>,
     pub checksums: Option<Spanned<String>>,
+    pub spool_dir: Option<Spanned<String>>,
     // azure
     pub connection_string: Option<Spanned<RawSecret>>,
     pub account: Option<Spanned<String>>,

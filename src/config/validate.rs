@@ -12,6 +12,7 @@ use std::path::Path;
 use toml::Spanned;
 
 const DEFAULT_PART_SIZE: u64 = 8 << 20;
+const DEFAULT_SPOOL_DIR: &str = "/var/tmp/credfs-spool";
 const MIN_PART_SIZE: u64 = 5 << 20;
 const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HELPER_TTL: Duration = Duration::from_secs(3600);
@@ -557,6 +558,7 @@ impl Checker<'_> {
             ("prefix", raw.prefix.as_ref().map(Spanned::span)),
             ("part_size", raw.part_size.as_ref().map(Spanned::span)),
             ("checksums", raw.checksums.as_ref().map(Spanned::span)),
+            ("spool_dir", raw.spool_dir.as_ref().map(Spanned::span)),
             (
                 "connection_string",
                 raw.connection_string.as_ref().map(Spanned::span),
@@ -635,6 +637,7 @@ impl Checker<'_> {
                         "prefix",
                         "part_size",
                         "checksums",
+                        "spool_dir",
                     ],
                 );
                 if let Some((parsed, span)) = &endpoint
@@ -690,6 +693,10 @@ impl Checker<'_> {
                     prefix: raw.prefix.map(Spanned::into_inner).unwrap_or_default(),
                     part_size: part_size?,
                     checksums: checksums?,
+                    spool_dir: raw.spool_dir.map_or_else(
+                        || PathBuf::from(DEFAULT_SPOOL_DIR),
+                        |d| PathBuf::from(d.into_inner()),
+                    ),
                 }
             }
             "azure" => {

@@ -2,7 +2,7 @@
 //! tokio task running the core, and answers from there, so one slow
 //! provider never holds up other requests.
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::vfs::RenameFlags as CoreRenameFlags;
 use crate::vfs::{
     Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags as CoreOpenFlags, Opened, TTL,
@@ -51,7 +51,16 @@ impl FuseAdapter {
     }
 }
 
+/// The errno for a failed request; failures a user must hear about (a
+/// provider failing, access refused) are logged too. Messages never hold a
+/// secret.
 fn errno(error: &Error) -> Errno {
+    if matches!(
+        error.kind(),
+        ErrorKind::Provider | ErrorKind::PermissionDenied
+    ) {
+        tracing::warn!("{error}");
+    }
     Errno::from_i32(error.errno())
 }
 

@@ -2,17 +2,14 @@
 //! hidden temporary file in the bucket directory, renamed into place on
 //! commit, so a crash or a rejected archive never leaves a partial file.
 
+use super::spool::{SpoolFile, read_full_at};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload, blocking};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::{self, File};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
-
-const TEMP_PREFIX: &str = ".credfs-upload-";
 
 pub struct FilesystemStore {
     root: PathBuf,
@@ -27,12 +24,7 @@ impl FilesystemStore {
         blocking(move || {
             for dir in dirs {
                 fs::create_dir_all(&dir).map_err(|e| Error::from_io(dir.display(), &e))?;
-                let entries = fs::read_dir(&dir).map_err(|e| Error::from_io(dir.display(), &e))?;
-                for entry in entries.flatten() {
-                    if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                        let _ = fs::remove_file(entry.path());
-                    }
-                }
+                SpoolFile::clean(&dir)?;
             }
             Ok(())
         })
@@ -54,12 +46,6 @@ fn info_of(metadata: &fs::Metadata) -> ObjectInfo {
 
 fn is_archive_name(name: &str) -> bool {
     name.ends_with(".zip") && !name.starts_with('.')
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::from_io(dir.display(), &e))
 }
 
 #[async_trait]
@@ -117,31 +103,13 @@ impl ProjectStore for FilesystemStore {
     }
 
     async fn begin_upload(&self, bucket: &str) -> Result<Box<dyn Upload>> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = self.root.join(bucket);
-        let temp = dir.join(format!(
-            "{TEMP_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let sync = self.sync;
-        blocking(move || {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&temp)
-                .map_err(|e| Error::from_io(temp.display(), &e))?;
-            Ok(Box::new(FileUpload {
-                file: Arc::new(file),
-                temp: Some(temp),
-                dir,
-                len: 0,
-                sync,
-            }) as Box<dyn Upload>)
-        })
-        .await
+        let spool = SpoolFile::create(&dir).await?;
+        Ok(Box::new(FileUpload {
+            spool: Some(spool),
+            dir,
+            sync: self.sync,
+        }))
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<()> {
@@ -178,107 +146,55 @@ impl ObjectReader for FileReader {
     }
 }
 
-fn read_full_at(file: &File, offset: u64, len: u32) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::from_io("read", &e)),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
+/// A spool file in the bucket directory: committing is a rename.
+struct FileUpload {
+    spool: Option<SpoolFile>,
+    dir: PathBuf,
+    sync: bool,
 }
 
-struct FileUpload {
-    file: Arc<File>,
-    /// `None` once committed: nothing left to clean up.
-    temp: Option<PathBuf>,
-    dir: PathBuf,
-    len: u64,
-    sync: bool,
+impl FileUpload {
+    fn spool(&self) -> Result<&SpoolFile> {
+        self.spool
+            .as_ref()
+            .ok_or_else(|| Error::provider("upload already committed"))
+    }
 }
 
 #[async_trait]
 impl Upload for FileUpload {
-    /// Asked of the file: writes may reach it without passing through us.
     fn size(&self) -> u64 {
-        self.file.metadata().map(|m| m.len()).unwrap_or(self.len)
+        self.spool.as_ref().map_or(0, SpoolFile::size)
     }
 
     fn backing_file(&self) -> Option<Arc<File>> {
-        Some(self.file.clone())
+        self.spool.as_ref().map(SpoolFile::file)
     }
 
     async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
-        let file = self.file.clone();
-        let end = offset + data.len() as u64;
-        blocking(move || {
-            file.write_all_at(&data, offset)
-                .map_err(|e| Error::from_io("write", &e))
-        })
-        .await?;
-        self.len = self.len.max(end);
-        Ok(())
+        self.spool()?.write_at(offset, data).await
     }
 
     async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let file = self.file.clone();
-        blocking(move || read_full_at(&file, offset, len)).await
+        self.spool()?.read_at(offset, len).await
     }
 
     async fn set_len(&mut self, len: u64) -> Result<()> {
-        let file = self.file.clone();
-        blocking(move || {
-            file.set_len(len)
-                .map_err(|e| Error::from_io("truncate", &e))
-        })
-        .await?;
-        self.len = len;
-        Ok(())
+        self.spool()?.set_len(len).await
     }
 
     async fn commit(mut self: Box<Self>, name: &str) -> Result<ObjectInfo> {
-        let Some(temp) = self.temp.take() else {
-            return Err(Error::provider("upload already committed"));
-        };
-        let (file, dir, sync) = (self.file.clone(), self.dir.clone(), self.sync);
-        let target = dir.join(name);
-        blocking(move || {
-            if sync {
-                file.sync_all().map_err(|e| Error::from_io("fsync", &e))?;
-            }
-            let metadata = file.metadata().map_err(|e| Error::from_io("stat", &e))?;
-            fs::rename(&temp, &target).map_err(|e| {
-                let _ = fs::remove_file(&temp);
-                Error::from_io(target.display(), &e)
-            })?;
-            if sync {
-                sync_dir(&dir)?;
-            }
-            Ok(info_of(&metadata))
-        })
-        .await
+        let spool = self
+            .spool
+            .take()
+            .ok_or_else(|| Error::provider("upload already committed"))?;
+        let metadata = spool.rename_into(self.dir.join(name), self.sync).await?;
+        Ok(info_of(&metadata))
     }
 
     async fn abort(mut self: Box<Self>) {
-        if let Some(temp) = self.temp.take() {
-            let _ = blocking(move || {
-                let _ = fs::remove_file(&temp);
-                Ok(())
-            })
-            .await;
-        }
-    }
-}
-
-impl Drop for FileUpload {
-    fn drop(&mut self) {
-        if let Some(temp) = self.temp.take() {
-            let _ = fs::remove_file(temp);
+        if let Some(spool) = self.spool.take() {
+            spool.remove().await;
         }
     }
 }

@@ -3,6 +3,8 @@
 //! and the staging rules live in `crate::upload`.
 
 mod filesystem;
+mod s3;
+mod spool;
 
 pub use filesystem::FilesystemStore;
 
@@ -58,6 +60,32 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn ProjectStore>> {
         StoreProviderConfig::Filesystem { root, sync } => {
             let store = FilesystemStore::open(root.clone(), &config.buckets, *sync).await?;
             Ok(Arc::new(store))
+        }
+        StoreProviderConfig::S3 {
+            endpoint_url,
+            region,
+            access_key_id,
+            secret_access_key,
+            profile,
+            force_path_style,
+            prefix,
+            part_size,
+            checksums,
+            spool_dir,
+        } => {
+            let settings = s3::S3Settings {
+                endpoint_url: endpoint_url.clone(),
+                region: region.clone(),
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                profile: profile.clone(),
+                force_path_style: *force_path_style,
+                prefix: prefix.clone(),
+                part_size: *part_size,
+                checksums: *checksums,
+                spool_dir: spool_dir.clone(),
+            };
+            Ok(Arc::new(s3::S3Store::open(settings).await?))
         }
         other => Ok(Arc::new(FailedStore(Error::provider(format!(
             "the `{}` store provider is not available in this build",

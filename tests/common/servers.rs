@@ -196,3 +196,92 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// s3s-fs (an S3 server over a directory, enforcing SigV4), as installed by
+/// tests/run.sh.
+pub struct S3Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+pub const S3_ACCESS_KEY: &str = "credfs-test-ak";
+pub const S3_SECRET_KEY: &str = "credfs-test-sk-5a4b3c";
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn s3s_fs() -> PathBuf {
+    let program = std::env::var_os("CREDFS_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/credfs/bin/s3s-fs"));
+    assert!(
+        program.exists(),
+        "s3s-fs is not installed at {}: run tests/run.sh, which installs it",
+        program.display()
+    );
+    program
+}
+
+impl S3Server {
+    /// A server holding `buckets` (empty).
+    pub fn start(buckets: &[&str]) -> S3Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for bucket in buckets {
+            fs::create_dir_all(dir.path().join("data").join(bucket)).expect("bucket");
+        }
+        let mut server = S3Server {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn restart(&mut self) {
+        let log_path = self.dir.path().join("s3s.log");
+        let log = fs::File::create(&log_path).expect("log");
+        let mut child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(self.dir.path().join("data"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("s3s-fs");
+        wait_listening("s3s-fs", self.port, &mut child, &log_path);
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Where the server keeps `bucket/key` on disk.
+    pub fn object(&self, bucket: &str, key: &str) -> PathBuf {
+        self.dir.path().join("data").join(bucket).join(key)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A `[stores.NAME]` entry for this server.
+    pub fn store_config(&self, name: &str, buckets: &[&str], extra: &str, spool: &Path) -> String {
+        let buckets: Vec<String> = buckets.iter().map(|b| format!("\"{b}\"")).collect();
+        format!(
+            "[stores.{name}]\nprovider = \"s3\"\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key = \"{S3_SECRET_KEY}\"\nforce_path_style = true\nbuckets = [{}]\nspool_dir = \"{}\"\n{extra}\n",
+            self.endpoint(),
+            buckets.join(", "),
+            spool.display()
+        )
+    }
+}

@@ -1,0 +1,558 @@
+//! `s3`: AWS S3 and S3-compatibles (MinIO, GCS through HMAC keys, TOS, R2).
+//! Objects are `<prefix><name>.zip` in each bucket. A reader streams one
+//! ranged GET from its position (read-ahead bounded by TCP's window) and
+//! keeps the last 8 MiB, so memory stays bounded whatever the object size;
+//! a seek starts a new GET. Few GETs matter: some S3-compatibles pay a
+//! whole-object cost per request.
+//! Uploads wait in a local spool file and go up at commit: one PUT when
+//! small, a multipart upload otherwise (aborted on any failure), so nothing
+//! is visible at the key until the archive is checked and complete.
+//! Checksums are only those S3 requires unless `checksums =
+//! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
+
+use super::spool::SpoolFile;
+use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::Mutex;
+
+pub struct S3Settings {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub profile: Option<String>,
+    pub force_path_style: bool,
+    pub prefix: String,
+    pub part_size: u64,
+    pub checksums: bool,
+    pub spool_dir: PathBuf,
+}
+
+pub struct S3Store {
+    client: Client,
+    prefix: String,
+    part_size: u64,
+    spool_dir: PathBuf,
+}
+
+fn text(secret: &Secret) -> String {
+    String::from_utf8_lossy(secret.expose()).into_owned()
+}
+
+/// Maps an SDK failure to the errno a reader acts on: missing ENOENT,
+/// denied EACCES, anything else (down, timing out after the SDK's retries)
+/// EIO. The message names the operation and object, never a key.
+fn s3_error<E>(operation: &str, what: &str, error: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    let code = error
+        .as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or_default()
+        .to_string();
+    let kind = match (status, code.as_str()) {
+        (Some(404), _) | (_, "NoSuchKey" | "NotFound" | "NoSuchBucket") => ErrorKind::NotFound,
+        (Some(403), _) | (_, "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch") => {
+            ErrorKind::PermissionDenied
+        }
+        _ => ErrorKind::Provider,
+    };
+    Error::new(
+        kind,
+        format!("S3 {operation} {what}: {}", DisplayErrorContext(&error)),
+    )
+}
+
+fn modified(at: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    at.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+impl S3Store {
+    pub async fn open(settings: S3Settings) -> Result<Self> {
+        let region = settings
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".into());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region));
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+            let credentials = aws_sdk_s3::config::Credentials::new(
+                text(id),
+                text(secret),
+                None,
+                None,
+                "credfs config",
+            );
+            loader = loader.credentials_provider(credentials);
+        }
+        let shared = loader.load().await;
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
+        if let Some(url) = &settings.endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        if !settings.checksums {
+            config = config
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .response_checksum_validation(
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+                );
+        }
+        std::fs::create_dir_all(&settings.spool_dir)
+            .map_err(|e| Error::from_io(settings.spool_dir.display(), &e))?;
+        SpoolFile::clean(&settings.spool_dir)?;
+        Ok(S3Store {
+            client: Client::from_conf(config.build()),
+            prefix: settings.prefix,
+            part_size: settings.part_size,
+            spool_dir: settings.spool_dir,
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl ProjectStore for S3Store {
+    async fn list(&self, bucket: &str) -> Result<Vec<(String, ObjectInfo)>> {
+        // No delimiter: some S3-compatibles answer an empty one with nothing.
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(&self.prefix)
+            .into_paginator()
+            .send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| s3_error("ListObjectsV2", bucket, e))?;
+            for object in page.contents() {
+                let Some(name) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                if name.contains('/') || !crate::upload::is_archive_name(name) {
+                    continue;
+                }
+                let info = ObjectInfo {
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: modified(object.last_modified()),
+                };
+                objects.push((name.to_string(), info));
+            }
+        }
+        Ok(objects)
+    }
+
+    async fn stat(&self, bucket: &str, name: &str) -> Result<Option<ObjectInfo>> {
+        if !crate::upload::is_archive_name(name) {
+            return Ok(None);
+        }
+        let key = self.key(name);
+        match self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(ObjectInfo {
+                size: head.content_length().unwrap_or(0).max(0) as u64,
+                modified: modified(head.last_modified()),
+            })),
+            Err(e) => {
+                let error = s3_error("HeadObject", &format!("s3://{bucket}/{key}"), e);
+                match error.kind() {
+                    ErrorKind::NotFound => Ok(None),
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+
+    async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
+        let info = self
+            .stat(bucket, name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("s3://{bucket}/{}", self.key(name))))?;
+        Ok(Box::new(S3Reader {
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            key: self.key(name),
+            info,
+            stream: Mutex::new(Stream::default()),
+        }))
+    }
+
+    async fn begin_upload(&self, bucket: &str) -> Result<Box<dyn Upload>> {
+        Ok(Box::new(S3Upload {
+            spool: Some(SpoolFile::create(&self.spool_dir).await?),
+            client: self.client.clone(),
+            bucket: bucket.to_string(),
+            prefix: self.prefix.clone(),
+            part_size: self.part_size,
+        }))
+    }
+
+    async fn delete(&self, bucket: &str, name: &str) -> Result<()> {
+        let key = self.key(name);
+        self.client
+            .delete_object()
+            .bucket(bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| s3_error("DeleteObject", &format!("s3://{bucket}/{key}"), e))?;
+        Ok(())
+    }
+
+    /// A server-side copy, then a delete of the old key.
+    async fn rename(&self, bucket: &str, from: &str, to: &str) -> Result<ObjectInfo> {
+        let (source, target) = (self.key(from), self.key(to));
+        self.client
+            .copy_object()
+            .bucket(bucket)
+            .key(&target)
+            .copy_source(format!("{bucket}/{}", urlencode_key(&source)))
+            .send()
+            .await
+            .map_err(|e| s3_error("CopyObject", &format!("s3://{bucket}/{source}"), e))?;
+        self.delete(bucket, from).await?;
+        self.stat(bucket, to).await?.ok_or_else(|| {
+            Error::provider(format!("s3://{bucket}/{target} vanished after its copy"))
+        })
+    }
+}
+
+/// Percent-encodes a key for x-amz-copy-source, keeping `/`.
+fn urlencode_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A reader's view of the object: one streaming GET from the read
+/// position onwards (the server sends ahead as fast as we consume, within
+/// TCP's window), and the most recent bytes, so requests the kernel issues
+/// slightly out of order are served without a new GET. A jump backwards
+/// past those bytes, or far forwards, starts a new GET there.
+#[derive(Default)]
+struct Stream {
+    body: Option<ByteStream>,
+    /// Offset of the next byte the body yields.
+    position: u64,
+    /// Recent bytes, contiguous, ending at `position`.
+    recent: std::collections::VecDeque<bytes::Bytes>,
+    recent_start: u64,
+}
+
+/// Bytes kept behind the read position.
+const KEEP_BEHIND: u64 = 8 << 20;
+/// A forward jump smaller than this is read through, not restarted.
+const SKIP_AHEAD: u64 = 4 << 20;
+
+impl Stream {
+    fn recent_len(&self) -> u64 {
+        self.position - self.recent_start
+    }
+
+    fn covers(&self, offset: u64) -> bool {
+        self.body.is_some() && offset >= self.recent_start && offset <= self.position + SKIP_AHEAD
+    }
+
+    fn push(&mut self, chunk: bytes::Bytes) {
+        self.position += chunk.len() as u64;
+        self.recent.push_back(chunk);
+        while self.recent_len() > KEEP_BEHIND && self.recent.len() > 1 {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_start += old.len() as u64;
+            }
+        }
+    }
+
+    fn copy_out(&self, offset: u64, end: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut chunk_start = self.recent_start;
+        for chunk in &self.recent {
+            let chunk_end = chunk_start + chunk.len() as u64;
+            if chunk_end > offset && chunk_start < end {
+                let from = offset.saturating_sub(chunk_start) as usize;
+                let to = (end.min(chunk_end) - chunk_start) as usize;
+                out.extend_from_slice(&chunk[from..to]);
+            }
+            chunk_start = chunk_end;
+        }
+        out
+    }
+}
+
+struct S3Reader {
+    client: Client,
+    bucket: String,
+    key: String,
+    info: ObjectInfo,
+    stream: Mutex<Stream>,
+}
+
+impl S3Reader {
+    async fn start_at(&self, stream: &mut Stream, offset: u64) -> Result<()> {
+        tracing::debug!(key = %self.key, offset, "streaming GET");
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes={offset}-"))
+            .send()
+            .await
+            .map_err(|e| {
+                s3_error(
+                    "GetObject",
+                    &format!("s3://{}/{}", self.bucket, self.key),
+                    e,
+                )
+            })?;
+        *stream = Stream {
+            body: Some(object.body),
+            position: offset,
+            recent: Default::default(),
+            recent_start: offset,
+        };
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectReader for S3Reader {
+    fn info(&self) -> ObjectInfo {
+        self.info
+    }
+
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let end = (offset + u64::from(len)).min(self.info.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut stream = self.stream.lock().await;
+        if !stream.covers(offset) {
+            self.start_at(&mut stream, offset).await?;
+        }
+        while stream.position < end {
+            let next = match stream.body.as_mut() {
+                Some(body) => body.try_next().await,
+                None => break,
+            };
+            match next {
+                Ok(Some(chunk)) => stream.push(chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    *stream = Stream::default();
+                    return Err(Error::provider(format!(
+                        "S3 GetObject s3://{}/{}: {e}",
+                        self.bucket, self.key
+                    )));
+                }
+            }
+        }
+        if stream.position < end {
+            *stream = Stream::default();
+            return Err(Error::provider(format!(
+                "S3 GetObject s3://{}/{}: the object ended early",
+                self.bucket, self.key
+            )));
+        }
+        Ok(stream.copy_out(offset, end))
+    }
+}
+
+struct S3Upload {
+    spool: Option<SpoolFile>,
+    client: Client,
+    bucket: String,
+    prefix: String,
+    part_size: u64,
+}
+
+impl S3Upload {
+    fn spool(&self) -> Result<&SpoolFile> {
+        self.spool
+            .as_ref()
+            .ok_or_else(|| Error::provider("upload already committed"))
+    }
+
+    async fn body(path: &std::path::Path, offset: u64, length: u64) -> Result<ByteStream> {
+        ByteStream::read_from()
+            .path(path)
+            .offset(offset)
+            .length(Length::Exact(length))
+            .build()
+            .await
+            .map_err(|e| Error::provider(format!("reading the upload spool: {e}")))
+    }
+
+    async fn multipart(&self, key: &str, path: &std::path::Path, size: u64) -> Result<()> {
+        let what = format!("s3://{}/{key}", self.bucket);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("CreateMultipartUpload", &what, e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| {
+                Error::provider(format!("S3 CreateMultipartUpload {what}: no upload id"))
+            })?
+            .to_string();
+        let uploaded = async {
+            let mut parts = Vec::new();
+            let mut offset = 0;
+            let mut number = 1;
+            while offset < size {
+                let length = self.part_size.min(size - offset);
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(Self::body(path, offset, length).await?)
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("UploadPart", &what, e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag().map(str::to_string))
+                        .build(),
+                );
+                offset += length;
+                number += 1;
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| s3_error("CompleteMultipartUpload", &what, e))?;
+            Ok(())
+        }
+        .await;
+        if uploaded.is_err() {
+            // No orphaned parts: a failed upload leaves nothing behind.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        uploaded
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    fn size(&self) -> u64 {
+        self.spool.as_ref().map_or(0, SpoolFile::size)
+    }
+
+    fn backing_file(&self) -> Option<Arc<std::fs::File>> {
+        self.spool.as_ref().map(SpoolFile::file)
+    }
+
+    async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.spool()?.write_at(offset, data).await
+    }
+
+    async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.spool()?.read_at(offset, len).await
+    }
+
+    async fn set_len(&mut self, len: u64) -> Result<()> {
+        self.spool()?.set_len(len).await
+    }
+
+    async fn commit(mut self: Box<Self>, name: &str) -> Result<ObjectInfo> {
+        let spool = self
+            .spool
+            .take()
+            .ok_or_else(|| Error::provider("upload already committed"))?;
+        let path = spool
+            .path()
+            .ok_or_else(|| Error::provider("upload already committed"))?
+            .to_path_buf();
+        let key = format!("{}{name}", self.prefix);
+        let size = spool.size();
+        if size <= self.part_size {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .body(Self::body(&path, 0, size).await?)
+                .send()
+                .await
+                .map_err(|e| s3_error("PutObject", &format!("s3://{}/{key}", self.bucket), e))?;
+        } else {
+            self.multipart(&key, &path, size).await?;
+        }
+        spool.remove().await;
+        Ok(ObjectInfo {
+            size,
+            modified: SystemTime::now(),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(spool) = self.spool.take() {
+            spool.remove().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_sources_are_percent_encoded() {
+        assert_eq!(urlencode_key("p/a b+c.zip"), "p/a%20b%2Bc.zip");
+    }
+}

@@ -1,0 +1,422 @@
+//! Project archives in an S3-compatible store (s3s-fs), written and read by
+//! real tools, with the server's faults.
+
+mod common;
+
+use common::servers::{S3_SECRET_KEY, S3Server};
+use common::*;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const BUCKET: &str = "projects";
+
+struct Setup {
+    server: S3Server,
+    daemon: Daemon,
+    src: PathBuf,
+}
+
+fn start_with(extra: &str, access_key_secret: Option<&str>) -> Setup {
+    let server = S3Server::start(&[BUCKET, "frozen"]);
+    let mut daemon = Daemon::prepare("");
+    let spool = daemon.dir.path().join("spool");
+    let mut config = server.store_config(
+        "s3",
+        &[BUCKET],
+        &format!("part_size = \"5MiB\"\n{extra}"),
+        &spool,
+    );
+    config += &server.store_config("ro", &["frozen"], "read_only = true", &spool);
+    if let Some(wrong) = access_key_secret {
+        config = config.replace(S3_SECRET_KEY, wrong);
+        daemon.secret(wrong);
+    }
+    fs::write(&daemon.config, config).unwrap();
+    daemon.secret(S3_SECRET_KEY);
+    daemon.spawn_with_env(&[
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_MAX_ATTEMPTS", "2"),
+    ]);
+    let src = daemon.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    Setup {
+        server,
+        daemon,
+        src,
+    }
+}
+
+fn start() -> Setup {
+    start_with("max_object_size = \"64MiB\"", None)
+}
+
+impl Setup {
+    fn mounted(&self, name: &str) -> PathBuf {
+        self.daemon.path(&format!("projects/{BUCKET}/{name}"))
+    }
+
+    fn stored(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.server.dir.path().join("data").join(BUCKET))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Writes `size` random bytes straight into the server's directory.
+fn put_raw(setup: &Setup, name: &str, size: u64) -> PathBuf {
+    let path = setup.server.object(BUCKET, name);
+    let out = run(
+        "sh",
+        &[
+            "-c",
+            &format!("head -c {size} /dev/urandom > {}", path.display()),
+        ],
+    );
+    assert!(out.status.success());
+    path
+}
+
+#[test]
+fn objects_of_every_size_read_back_identical() {
+    let setup = start();
+    let sizes = [0u64, 1, (5 << 20) - 1, 5 << 20, (5 << 20) + 1, 40 << 20];
+    for size in sizes {
+        let raw = put_raw(&setup, &format!("raw-{size}.zip"), size);
+        let mounted = setup.mounted(&format!("raw-{size}.zip"));
+        assert_eq!(fs::metadata(&mounted).unwrap().len(), size);
+        assert_eq!(sha256(&mounted), sha256(&raw), "size {size} by sha256sum");
+        let cat = run("cat", &[&mounted.to_string_lossy()]);
+        assert_eq!(cat.stdout.len() as u64, size, "size {size} by cat");
+        let script = format!(
+            "import sys; sys.stdout.buffer.write(open({:?}, 'rb').read())",
+            mounted.to_string_lossy()
+        );
+        assert_eq!(
+            run("python3", &["-c", &script]).stdout,
+            fs::read(&raw).unwrap(),
+            "size {size} by python"
+        );
+    }
+}
+
+#[test]
+fn a_one_gib_object_reads_back_identical() {
+    let setup = start();
+    let raw = put_raw(&setup, "big.zip", 1 << 30);
+    assert_eq!(sha256(&setup.mounted("big.zip")), sha256(&raw));
+}
+
+#[test]
+fn every_writer_uploads_checked_archives() {
+    let setup = start();
+    let small = make_zip(&setup.src, "small.zip", 10_000);
+    let multi = make_zip(&setup.src, "multi.zip", 12 << 20);
+    for (zip, name) in [(&small, "small"), (&multi, "multi")] {
+        let z = zip.to_string_lossy();
+        let dst = |tool: &str| {
+            setup
+                .mounted(&format!("{name}-{tool}.zip"))
+                .to_string_lossy()
+                .into_owned()
+        };
+        let writers = [
+            ("cp", format!("cp {z} {}", dst("cp"))),
+            (
+                "dd",
+                format!("dd if={z} of={} bs=1M status=none", dst("dd")),
+            ),
+            (
+                "py",
+                format!(
+                    "python3 -c 'import shutil; shutil.copy(\"{z}\", \"{}\")'",
+                    dst("py")
+                ),
+            ),
+            ("rsync", format!("rsync {z} {}", dst("rsync"))),
+        ];
+        for (tool, script) in &writers {
+            let out = sh(script);
+            assert!(out.status.success(), "{script}: {}", stderr(&out));
+            let stored = setup.server.object(BUCKET, &format!("{name}-{tool}.zip"));
+            assert_eq!(sha256(&stored), sha256(zip), "{script}");
+            assert_eq!(
+                sha256(&setup.mounted(&format!("{name}-{tool}.zip"))),
+                sha256(zip)
+            );
+        }
+    }
+    let tree = setup.src.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("a.txt"), "alpha").unwrap();
+    let out = sh(&format!(
+        "cd {} && zip -qr {} tree",
+        setup.src.display(),
+        setup.mounted("zipped.zip").display()
+    ));
+    assert!(out.status.success(), "zip: {}", stderr(&out));
+    let listing = run(
+        "unzip",
+        &["-l", &setup.mounted("zipped.zip").to_string_lossy()],
+    );
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("tree/a.txt"));
+    let spool = setup.daemon.dir.path().join("spool");
+    assert_eq!(
+        fs::read_dir(&spool).unwrap().count(),
+        0,
+        "no spool file left"
+    );
+}
+
+#[test]
+fn bad_archives_and_limits_store_nothing_and_keep_the_old_object() {
+    let setup = start_with("max_object_size = \"8MiB\"", None);
+    let good = make_zip(&setup.src, "good.zip", 20_000);
+    let target = setup.mounted("p.zip");
+    assert!(
+        run("cp", &[&good.to_string_lossy(), &target.to_string_lossy()])
+            .status
+            .success()
+    );
+    let junk = setup.src.join("junk.zip");
+    fs::write(&junk, vec![b'j'; 30_000]).unwrap();
+    let out = run("cp", &[&junk.to_string_lossy(), &target.to_string_lossy()]);
+    assert!(
+        stderr(&out).contains("Invalid argument"),
+        "{}",
+        stderr(&out)
+    );
+    let bytes = fs::read(&good).unwrap();
+    let truncated = setup.src.join("truncated.zip");
+    fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = run(
+        "cp",
+        &[
+            &truncated.to_string_lossy(),
+            &setup.mounted("t.zip").to_string_lossy(),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("Invalid argument"),
+        "{}",
+        stderr(&out)
+    );
+    let big = make_zip(&setup.src, "big.zip", 9 << 20);
+    let out = run(
+        "cp",
+        &[
+            &big.to_string_lossy(),
+            &setup.mounted("big.zip").to_string_lossy(),
+        ],
+    );
+    assert!(stderr(&out).contains("File too large"), "{}", stderr(&out));
+    assert_eq!(setup.stored(), ["p.zip"]);
+    assert_eq!(
+        sha256(&setup.server.object(BUCKET, "p.zip")),
+        sha256(&good),
+        "the old object is intact"
+    );
+    let ro = setup.daemon.path("projects/frozen/x.zip");
+    let out = run("cp", &[&good.to_string_lossy(), &ro.to_string_lossy()]);
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn listing_renaming_and_deleting() {
+    let setup = start();
+    for i in 0..25 {
+        put_raw(&setup, &format!("obj-{i:02}.zip"), 100 + i);
+    }
+    put_raw(&setup, "notes.txt", 10);
+    let out = run(
+        "ls",
+        &[
+            "-l",
+            &setup
+                .daemon
+                .path(&format!("projects/{BUCKET}"))
+                .to_string_lossy(),
+        ],
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(
+        listing.lines().filter(|l| l.contains("obj-")).count(),
+        25,
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with("obj-07.zip") && l.split_whitespace().any(|f| f == "107")),
+        "{listing}"
+    );
+    assert!(!listing.contains("notes.txt"));
+    fs::rename(setup.mounted("obj-01.zip"), setup.mounted("moved.zip")).unwrap();
+    assert!(setup.server.object(BUCKET, "moved.zip").exists());
+    assert!(!setup.server.object(BUCKET, "obj-01.zip").exists());
+    fs::remove_file(setup.mounted("moved.zip")).unwrap();
+    assert!(!setup.server.object(BUCKET, "moved.zip").exists());
+    let missing = fs::metadata(setup.mounted("nothing.zip")).unwrap_err();
+    assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+}
+
+#[test]
+fn wrong_keys_are_eacces_with_a_clear_log_line_and_no_secret() {
+    let setup = start_with("", Some("wrong-secret-key-77aa"));
+    let err = fs::read_dir(setup.daemon.path(&format!("projects/{BUCKET}"))).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    let err = fs::metadata(setup.mounted("any.zip")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    let log = setup.daemon.log();
+    assert!(log.contains("S3 ListObjectsV2 projects"), "{log}");
+    assert!(
+        log.contains("SignatureDoesNotMatch") || log.contains("signature"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_server_killed_during_a_read_gives_eio_and_recovers() {
+    let mut setup = start();
+    let raw = put_raw(&setup, "r.zip", 64 << 20);
+    let mounted = setup.mounted("r.zip");
+    let expected = sha256(&raw);
+    let mut reader = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import os, time\nf = open({:?}, 'rb')\nf.read(1 << 20)\nprint('started', flush=True)\nwhile not os.path.exists({:?}): time.sleep(0.01)\ntry:\n    while f.read(1 << 20): pass\n    print('ok')\nexcept OSError as e:\n    print('errno', e.errno)\n",
+                mounted.to_string_lossy(),
+                setup.src.join("go").to_string_lossy()
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(reader.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    setup.server.stop();
+    fs::write(setup.src.join("go"), "").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+    reader.wait().unwrap();
+    assert!(text.contains(&format!("errno {}", libc::EIO)), "{text}");
+    assert!(
+        fs::read_dir(setup.daemon.path("projects")).is_ok(),
+        "the daemon is alive"
+    );
+    setup.server.restart();
+    wait_for("reads to work again", Duration::from_secs(20), || {
+        sha256_ok(&mounted, &expected)
+    });
+}
+
+fn sha256_ok(path: &std::path::Path, expected: &str) -> bool {
+    let out = run("sha256sum", &[&path.to_string_lossy()]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with(expected)
+}
+
+#[test]
+fn a_server_killed_during_an_upload_fails_close_and_leaves_nothing() {
+    let mut setup = start();
+    let old = make_zip(&setup.src, "old.zip", 10_000);
+    let target = setup.mounted("u.zip");
+    assert!(
+        run("cp", &[&old.to_string_lossy(), &target.to_string_lossy()])
+            .status
+            .success()
+    );
+    let new = make_zip(&setup.src, "new.zip", 20 << 20);
+    let go = setup.src.join("go");
+    // Writes everything, then waits for the server to die before closing.
+    let mut writer = std::process::Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import os, time\nf = open({:?}, 'wb')\nf.write(open({:?}, 'rb').read())\nprint('written', flush=True)\nwhile not os.path.exists({:?}): time.sleep(0.01)\ntry:\n    f.close()\n    print('closed')\nexcept OSError as e:\n    print('errno', e.errno)\n",
+                target.to_string_lossy(),
+                new.to_string_lossy(),
+                go.to_string_lossy()
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(writer.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "written");
+    setup.server.stop();
+    fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    writer.wait().unwrap();
+    assert_eq!(
+        rest.trim(),
+        format!("errno {}", libc::EIO),
+        "close() reports the failed upload"
+    );
+    setup.server.restart();
+    assert_eq!(
+        sha256(&setup.server.object(BUCKET, "u.zip")),
+        sha256(&old),
+        "the previous version is intact"
+    );
+    assert_eq!(setup.stored(), ["u.zip"]);
+    let uploads = setup.server.dir.path().join("data").join(BUCKET);
+    let leftovers: Vec<_> = fs::read_dir(&uploads)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "no multipart leftovers: {leftovers:?}");
+    let spool = setup.daemon.dir.path().join("spool");
+    assert_eq!(
+        fs::read_dir(&spool).unwrap().count(),
+        0,
+        "no spool file left"
+    );
+}
+
+#[test]
+fn sixteen_concurrent_uploads_and_downloads_stay_intact() {
+    let setup = start();
+    let mut archives = Vec::new();
+    for i in 0..16 {
+        let zip = make_zip(&setup.src, &format!("c{i}.zip"), 1_000_000 + i * 1000);
+        put_raw(&setup, &format!("down-{i}.zip"), 3_000_000 + i as u64);
+        archives.push(zip);
+    }
+    std::thread::scope(|scope| {
+        for (i, zip) in archives.iter().enumerate() {
+            let setup = &setup;
+            scope.spawn(move || {
+                let target = setup.mounted(&format!("up-{i}.zip"));
+                let out = run("cp", &[&zip.to_string_lossy(), &target.to_string_lossy()]);
+                assert!(out.status.success(), "upload {i}: {}", stderr(&out));
+            });
+            scope.spawn(move || {
+                let name = format!("down-{i}.zip");
+                assert_eq!(
+                    sha256(&setup.mounted(&name)),
+                    sha256(&setup.server.object(BUCKET, &name))
+                );
+            });
+        }
+    });
+    for (i, zip) in archives.iter().enumerate() {
+        assert_eq!(
+            sha256(&setup.server.object(BUCKET, &format!("up-{i}.zip"))),
+            sha256(zip)
+        );
+    }
+}
