@@ -420,3 +420,26 @@ fn sixteen_concurrent_uploads_and_downloads_stay_intact() {
         );
     }
 }
+
+#[test]
+fn ten_thousand_objects_list_in_one_ls() {
+    let setup = start();
+    let dir = setup.server.dir.path().join("data").join(BUCKET);
+    for i in 0..10_000 {
+        fs::write(dir.join(format!("many-{i:05}.zip")), b"x").unwrap();
+    }
+    let out = run(
+        "ls",
+        &[
+            "-1",
+            &setup
+                .daemon
+                .path(&format!("projects/{BUCKET}"))
+                .to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(listing.lines().count(), 10_000);
+    assert!(listing.lines().any(|l| l == "many-09999.zip"));
+}

@@ -5,6 +5,7 @@
 mod filesystem;
 mod s3;
 mod spool;
+mod streaming;
 
 pub use filesystem::FilesystemStore;
 

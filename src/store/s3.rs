@@ -11,6 +11,7 @@
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
 use super::spool::SpoolFile;
+use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
@@ -23,7 +24,6 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::Mutex;
 
 pub struct S3Settings {
     pub endpoint_url: Option<String>,
@@ -195,13 +195,12 @@ impl ProjectStore for S3Store {
             .stat(bucket, name)
             .await?
             .ok_or_else(|| Error::not_found(format!("s3://{bucket}/{}", self.key(name))))?;
-        Ok(Box::new(S3Reader {
+        let source = S3Object {
             client: self.client.clone(),
             bucket: bucket.to_string(),
             key: self.key(name),
-            info,
-            stream: Mutex::new(Stream::default()),
-        }))
+        };
+        Ok(Box::new(StreamingReader::new(source, info)))
     }
 
     async fn begin_upload(&self, bucket: &str) -> Result<Box<dyn Upload>> {
@@ -256,72 +255,16 @@ fn urlencode_key(key: &str) -> String {
         .collect()
 }
 
-/// A reader's view of the object: one streaming GET from the read
-/// position onwards (the server sends ahead as fast as we consume, within
-/// TCP's window), and the most recent bytes, so requests the kernel issues
-/// slightly out of order are served without a new GET. A jump backwards
-/// past those bytes, or far forwards, starts a new GET there.
-#[derive(Default)]
-struct Stream {
-    body: Option<ByteStream>,
-    /// Offset of the next byte the body yields.
-    position: u64,
-    /// Recent bytes, contiguous, ending at `position`.
-    recent: std::collections::VecDeque<bytes::Bytes>,
-    recent_start: u64,
-}
-
-/// Bytes kept behind the read position.
-const KEEP_BEHIND: u64 = 8 << 20;
-/// A forward jump smaller than this is read through, not restarted.
-const SKIP_AHEAD: u64 = 4 << 20;
-
-impl Stream {
-    fn recent_len(&self) -> u64 {
-        self.position - self.recent_start
-    }
-
-    fn covers(&self, offset: u64) -> bool {
-        self.body.is_some() && offset >= self.recent_start && offset <= self.position + SKIP_AHEAD
-    }
-
-    fn push(&mut self, chunk: bytes::Bytes) {
-        self.position += chunk.len() as u64;
-        self.recent.push_back(chunk);
-        while self.recent_len() > KEEP_BEHIND && self.recent.len() > 1 {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_start += old.len() as u64;
-            }
-        }
-    }
-
-    fn copy_out(&self, offset: u64, end: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        let mut chunk_start = self.recent_start;
-        for chunk in &self.recent {
-            let chunk_end = chunk_start + chunk.len() as u64;
-            if chunk_end > offset && chunk_start < end {
-                let from = offset.saturating_sub(chunk_start) as usize;
-                let to = (end.min(chunk_end) - chunk_start) as usize;
-                out.extend_from_slice(&chunk[from..to]);
-            }
-            chunk_start = chunk_end;
-        }
-        out
-    }
-}
-
-struct S3Reader {
+/// Where a reader's GETs go.
+struct S3Object {
     client: Client,
     bucket: String,
     key: String,
-    info: ObjectInfo,
-    stream: Mutex<Stream>,
 }
 
-impl S3Reader {
-    async fn start_at(&self, stream: &mut Stream, offset: u64) -> Result<()> {
-        tracing::debug!(key = %self.key, offset, "streaming GET");
+#[async_trait]
+impl RangeSource for S3Object {
+    async fn from_offset(&self, offset: u64) -> Result<Body> {
         let object = self
             .client
             .get_object()
@@ -330,63 +273,27 @@ impl S3Reader {
             .range(format!("bytes={offset}-"))
             .send()
             .await
-            .map_err(|e| {
-                s3_error(
-                    "GetObject",
-                    &format!("s3://{}/{}", self.bucket, self.key),
-                    e,
-                )
-            })?;
-        *stream = Stream {
-            body: Some(object.body),
-            position: offset,
-            recent: Default::default(),
-            recent_start: offset,
-        };
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl ObjectReader for S3Reader {
-    fn info(&self) -> ObjectInfo {
-        self.info
-    }
-
-    async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let end = (offset + u64::from(len)).min(self.info.size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut stream = self.stream.lock().await;
-        if !stream.covers(offset) {
-            self.start_at(&mut stream, offset).await?;
-        }
-        while stream.position < end {
-            let next = match stream.body.as_mut() {
-                Some(body) => body.try_next().await,
-                None => break,
-            };
-            match next {
-                Ok(Some(chunk)) => stream.push(chunk),
-                Ok(None) => break,
-                Err(e) => {
-                    *stream = Stream::default();
-                    return Err(Error::provider(format!(
-                        "S3 GetObject s3://{}/{}: {e}",
-                        self.bucket, self.key
-                    )));
+            .map_err(|e| s3_error("GetObject", &self.describe(), e))?;
+        let what = self.describe();
+        let chunks = futures::stream::unfold(Some(object.body), move |body| {
+            let what = what.clone();
+            async move {
+                let mut body = body?;
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
+                    Ok(None) => None,
+                    Err(e) => Some((
+                        Err(Error::provider(format!("S3 GetObject {what}: {e}"))),
+                        None,
+                    )),
                 }
             }
-        }
-        if stream.position < end {
-            *stream = Stream::default();
-            return Err(Error::provider(format!(
-                "S3 GetObject s3://{}/{}: the object ended early",
-                self.bucket, self.key
-            )));
-        }
-        Ok(stream.copy_out(offset, end))
+        });
+        Ok(Box::pin(chunks))
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
     }
 }
 
