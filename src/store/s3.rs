@@ -264,7 +264,7 @@ struct S3Object {
 
 #[async_trait]
 impl RangeSource for S3Object {
-    async fn from_offset(&self, offset: u64) -> Result<Body> {
+    async fn stream_from(&self, offset: u64) -> Result<Body> {
         let object = self
             .client
             .get_object()

@@ -25,7 +25,7 @@ const SKIP_AHEAD: u64 = 4 << 20;
 /// An object that can be streamed from any offset to its end.
 #[async_trait]
 pub trait RangeSource: Send + Sync {
-    async fn from_offset(&self, offset: u64) -> Result<Body>;
+    async fn stream_from(&self, offset: u64) -> Result<Body>;
     /// For errors: `s3://bucket/key` and the like.
     fn describe(&self) -> String;
 }
@@ -102,7 +102,7 @@ impl<S: RangeSource> ObjectReader for StreamingReader<S> {
         if !stream.covers(offset) {
             tracing::debug!(object = %self.source.describe(), offset, "streaming GET");
             *stream = Stream {
-                body: Some(self.source.from_offset(offset).await?),
+                body: Some(self.source.stream_from(offset).await?),
                 position: offset,
                 recent: VecDeque::new(),
                 recent_start: offset,
@@ -146,7 +146,7 @@ mod tests {
 
     #[async_trait]
     impl RangeSource for Counting {
-        async fn from_offset(&self, offset: u64) -> Result<Body> {
+        async fn stream_from(&self, offset: u64) -> Result<Body> {
             self.gets.fetch_add(1, Ordering::SeqCst);
             let chunks: Vec<Result<Bytes>> = (offset..self.size)
                 .step_by(64 << 10)
