@@ -27,12 +27,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# moto serves the ECR API in the tests; one venv outside the clone, reused.
+# moto serves the ECR API in the tests, azure-storage-blob creates Azurite
+# containers; one venv outside the clone, reused.
 venv=/var/cache/credfs/venv
-if ! "$venv/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
-    echo "tests/run.sh: installing moto[server] into $venv"
+if ! "$venv/bin/python" -c 'import moto.server, azure.storage.blob' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing moto[server] and azure-storage-blob into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]'
+    "$venv/bin/pip" install -q 'moto[server]' azure-storage-blob
 fi
 export CREDFS_MOTO_PYTHON="$venv/bin/python"
 
@@ -42,6 +43,15 @@ if [ ! -x /var/cache/credfs/bin/s3s-fs ]; then
     cargo install --quiet --root /var/cache/credfs --locked --features binary s3s-fs@0.14.1
 fi
 export CREDFS_S3S_FS=/var/cache/credfs/bin/s3s-fs
+
+# Azurite serves Azure Blob Storage in the tests.
+azurite=/var/cache/credfs/azurite
+if [ ! -x "$azurite/node_modules/.bin/azurite-blob" ]; then
+    echo "tests/run.sh: installing azurite"
+    mkdir -p "$azurite"
+    (cd "$azurite" && npm install --silent --no-audit --no-fund azurite)
+fi
+export CREDFS_AZURITE="$azurite/node_modules/.bin/azurite-blob"
 
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 [ -e /dev/fuse ] || { echo "tests/run.sh: /dev/fuse is missing" >&2; exit 1; }

@@ -153,6 +153,7 @@ pub enum StoreProviderConfig {
         access_key: Option<Secret>,
         endpoint_url: Option<String>,
         prefix: String,
+        spool_dir: PathBuf,
     },
 }
 

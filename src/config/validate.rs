@@ -710,6 +710,7 @@ impl Checker<'_> {
                         "endpoint_url",
                         "endpoint",
                         "prefix",
+                        "spool_dir",
                     ],
                 );
                 let account = raw
@@ -732,6 +733,10 @@ impl Checker<'_> {
                     access_key: access_key?,
                     endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
                     prefix: raw.prefix.map(Spanned::into_inner).unwrap_or_default(),
+                    spool_dir: raw.spool_dir.map_or_else(
+                        || PathBuf::from(DEFAULT_SPOOL_DIR),
+                        |d| PathBuf::from(d.into_inner()),
+                    ),
                 }
             }
             other => {

@@ -2,6 +2,7 @@
 //! each. A store knows buckets and `<name>.zip` objects; checking archives
 //! and the staging rules live in `crate::upload`.
 
+mod azure;
 mod filesystem;
 mod s3;
 mod spool;
@@ -88,10 +89,27 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn ProjectStore>> {
             };
             Ok(Arc::new(s3::S3Store::open(settings).await?))
         }
-        other => Ok(Arc::new(FailedStore(Error::provider(format!(
-            "the `{}` store provider is not available in this build",
-            other.kind()
-        ))))),
+        StoreProviderConfig::Azure {
+            connection_string,
+            account,
+            access_key,
+            endpoint_url,
+            prefix,
+            spool_dir,
+        } => {
+            let settings = azure::AzureSettings {
+                connection_string: connection_string.clone(),
+                account: account.clone(),
+                access_key: access_key.clone(),
+                endpoint_url: endpoint_url.clone(),
+                prefix: prefix.clone(),
+                spool_dir: spool_dir.clone(),
+            };
+            Ok(Arc::new(azure::AzureStore::open(
+                settings,
+                &config.buckets,
+            )?))
+        }
     }
 }
 

@@ -285,3 +285,103 @@ impl S3Server {
         )
     }
 }
+
+/// Azurite's well-known development account.
+pub const AZURE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Azurite's blob service, as installed by tests/run.sh.
+pub struct Azurite {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Azurite {
+    pub fn start(containers: &[&str]) -> Azurite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut azurite = Azurite {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        azurite.restart();
+        azurite.create_containers(containers);
+        azurite
+    }
+
+    /// Creates `containers` unless they exist (Azurite may lose them when
+    /// killed before it persisted them).
+    pub fn create_containers(&self, containers: &[&str]) {
+        for container in containers {
+            let script = format!(
+                "from azure.core.exceptions import ResourceExistsError\nfrom azure.storage.blob import BlobServiceClient\ntry:\n    BlobServiceClient.from_connection_string({:?}).create_container({container:?})\nexcept ResourceExistsError:\n    pass\n",
+                self.connection_string(AZURE_KEY)
+            );
+            let out = run(&moto_python().to_string_lossy(), &["-c", &script]);
+            assert!(
+                out.status.success(),
+                "creating container {container}: {}",
+                stderr(&out)
+            );
+        }
+    }
+
+    pub fn restart(&mut self) {
+        let program = std::env::var_os("CREDFS_AZURITE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from("/var/cache/credfs/azurite/node_modules/.bin/azurite-blob")
+            });
+        assert!(
+            program.exists(),
+            "azurite is not installed at {}: run tests/run.sh",
+            program.display()
+        );
+        let log_path = self.dir.path().join("azurite.log");
+        let log = fs::File::create(&log_path).expect("log");
+        let mut child = Command::new(program)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &self.port.to_string(),
+            ])
+            .arg("--location")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("azurite");
+        wait_listening("azurite", self.port, &mut child, &log_path);
+        self.child = Some(child);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn connection_string(&self, key: &str) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURE_ACCOUNT};AccountKey={key};BlobEndpoint=http://127.0.0.1:{}/{AZURE_ACCOUNT};",
+            self.port
+        )
+    }
+}

@@ -1,0 +1,347 @@
+//! `azure`: Azure Blob Storage through the `object_store` crate (the Arrow
+//! project's, maintained and used widely; the official Azure SDK crates for
+//! Rust are still being rewritten). Each bucket is a container; objects are
+//! `<prefix><name>.zip`. Reads stream like S3's; uploads wait in a spool
+//! file and go up at commit, one PUT when small, else a block-list upload
+//! aborted on failure.
+
+use super::spool::SpoolFile;
+use super::streaming::{Body, RangeSource, StreamingReader};
+use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
+use crate::error::{Error, ErrorKind, Result};
+use crate::secret::Secret;
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Size of each block of a multipart upload, and the PUT/multipart cut-over.
+const PART_SIZE: u64 = 8 << 20;
+
+pub struct AzureSettings {
+    pub connection_string: Option<Secret>,
+    pub account: Option<String>,
+    pub access_key: Option<Secret>,
+    pub endpoint_url: Option<String>,
+    pub prefix: String,
+    pub spool_dir: PathBuf,
+}
+
+pub struct AzureStore {
+    containers: HashMap<String, Arc<dyn ObjectStore>>,
+    prefix: String,
+    spool_dir: PathBuf,
+}
+
+fn azure_error(operation: &str, what: &str, error: object_store::Error) -> Error {
+    // object_store reports most HTTP failures as `Generic`; the status it
+    // got is only in the message.
+    let message = error.to_string();
+    let kind = match &error {
+        object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => ErrorKind::PermissionDenied,
+        _ if message.contains("403 Forbidden") || message.contains("401 Unauthorized") => {
+            ErrorKind::PermissionDenied
+        }
+        _ if message.contains("404 Not Found") => ErrorKind::NotFound,
+        _ => ErrorKind::Provider,
+    };
+    Error::new(kind, format!("Azure {operation} {what}: {message}"))
+}
+
+/// `AccountName=…;AccountKey=…;BlobEndpoint=…` → (account, key, endpoint).
+fn parse_connection_string(text: &str) -> Result<(String, String, Option<String>)> {
+    let mut fields = HashMap::new();
+    for part in text.split(';').filter(|p| !p.trim().is_empty()) {
+        if let Some((key, value)) = part.split_once('=') {
+            fields.insert(key.trim().to_string(), value.trim().to_string());
+        }
+    }
+    let invalid = || Error::invalid("the Azure connection string needs AccountName and AccountKey");
+    let account = fields.remove("AccountName").ok_or_else(invalid)?;
+    let key = fields.remove("AccountKey").ok_or_else(invalid)?;
+    Ok((account, key, fields.remove("BlobEndpoint")))
+}
+
+fn text(secret: &Secret) -> String {
+    String::from_utf8_lossy(secret.expose()).into_owned()
+}
+
+impl AzureStore {
+    pub fn open(settings: AzureSettings, containers: &[String]) -> Result<Self> {
+        let (account, key, endpoint) = match &settings.connection_string {
+            Some(connection) => parse_connection_string(&text(connection))?,
+            None => (
+                settings.account.clone().unwrap_or_default(),
+                settings.access_key.as_ref().map(text).unwrap_or_default(),
+                None,
+            ),
+        };
+        let endpoint = settings.endpoint_url.clone().or(endpoint);
+        let mut stores = HashMap::new();
+        for container in containers {
+            let mut builder = MicrosoftAzureBuilder::new()
+                .with_account(&account)
+                .with_access_key(&key)
+                .with_container_name(container);
+            if let Some(url) = &endpoint {
+                builder = builder
+                    .with_endpoint(url.clone())
+                    .with_allow_http(url.starts_with("http://"));
+            }
+            let store = builder
+                .build()
+                .map_err(|e| azure_error("setup", container, e))?;
+            stores.insert(container.clone(), Arc::new(store) as Arc<dyn ObjectStore>);
+        }
+        std::fs::create_dir_all(&settings.spool_dir)
+            .map_err(|e| Error::from_io(settings.spool_dir.display(), &e))?;
+        SpoolFile::clean(&settings.spool_dir)?;
+        Ok(AzureStore {
+            containers: stores,
+            prefix: settings.prefix,
+            spool_dir: settings.spool_dir,
+        })
+    }
+
+    fn container(&self, name: &str) -> Result<&Arc<dyn ObjectStore>> {
+        self.containers
+            .get(name)
+            .ok_or_else(|| Error::not_found(format!("container {name}")))
+    }
+
+    fn path(&self, name: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}{name}", self.prefix))
+    }
+}
+
+fn info_of(meta: &object_store::ObjectMeta) -> ObjectInfo {
+    ObjectInfo {
+        size: meta.size,
+        modified: SystemTime::from(meta.last_modified),
+    }
+}
+
+#[async_trait]
+impl ProjectStore for AzureStore {
+    async fn list(&self, container: &str) -> Result<Vec<(String, ObjectInfo)>> {
+        let store = self.container(container)?;
+        let prefix =
+            (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.trim_end_matches('/')));
+        let metas: Vec<object_store::ObjectMeta> = store
+            .list(prefix.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| azure_error("List", container, e))?;
+        Ok(metas
+            .iter()
+            .filter_map(|meta| {
+                let name = meta.location.as_ref().strip_prefix(&self.prefix)?;
+                (!name.contains('/') && crate::upload::is_archive_name(name))
+                    .then(|| (name.to_string(), info_of(meta)))
+            })
+            .collect())
+    }
+
+    async fn stat(&self, container: &str, name: &str) -> Result<Option<ObjectInfo>> {
+        if !crate::upload::is_archive_name(name) {
+            return Ok(None);
+        }
+        match self.container(container)?.head(&self.path(name)).await {
+            Ok(meta) => Ok(Some(info_of(&meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(azure_error("HEAD", &format!("{container}/{name}"), e)),
+        }
+    }
+
+    async fn open(&self, container: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
+        let info = self
+            .stat(container, name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("{container}/{name}")))?;
+        let source = Blob {
+            store: self.container(container)?.clone(),
+            path: self.path(name),
+            what: format!("{container}/{name}"),
+        };
+        Ok(Box::new(StreamingReader::new(source, info)))
+    }
+
+    async fn begin_upload(&self, container: &str) -> Result<Box<dyn Upload>> {
+        Ok(Box::new(BlobUpload {
+            spool: Some(SpoolFile::create(&self.spool_dir).await?),
+            store: self.container(container)?.clone(),
+            container: container.to_string(),
+            prefix: self.prefix.clone(),
+        }))
+    }
+
+    async fn delete(&self, container: &str, name: &str) -> Result<()> {
+        self.container(container)?
+            .delete(&self.path(name))
+            .await
+            .map_err(|e| azure_error("DELETE", &format!("{container}/{name}"), e))
+    }
+
+    async fn rename(&self, container: &str, from: &str, to: &str) -> Result<ObjectInfo> {
+        let store = self.container(container)?;
+        store
+            .copy(&self.path(from), &self.path(to))
+            .await
+            .map_err(|e| azure_error("COPY", &format!("{container}/{from}"), e))?;
+        self.delete(container, from).await?;
+        self.stat(container, to)
+            .await?
+            .ok_or_else(|| Error::provider(format!("{container}/{to} vanished after its copy")))
+    }
+}
+
+struct Blob {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    what: String,
+}
+
+#[async_trait]
+impl RangeSource for Blob {
+    async fn stream_from(&self, offset: u64) -> Result<Body> {
+        let options = GetOptions {
+            range: Some(GetRange::Offset(offset)),
+            ..GetOptions::default()
+        };
+        let result = self
+            .store
+            .get_opts(&self.path, options)
+            .await
+            .map_err(|e| azure_error("GET", &self.what, e))?;
+        let what = self.what.clone();
+        Ok(result
+            .into_stream()
+            .map(move |chunk| chunk.map_err(|e| azure_error("GET", &what, e)))
+            .boxed())
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+struct BlobUpload {
+    spool: Option<SpoolFile>,
+    store: Arc<dyn ObjectStore>,
+    container: String,
+    prefix: String,
+}
+
+impl BlobUpload {
+    fn spool(&self) -> Result<&SpoolFile> {
+        self.spool
+            .as_ref()
+            .ok_or_else(|| Error::provider("upload already committed"))
+    }
+}
+
+#[async_trait]
+impl Upload for BlobUpload {
+    fn size(&self) -> u64 {
+        self.spool.as_ref().map_or(0, SpoolFile::size)
+    }
+
+    fn backing_file(&self) -> Option<Arc<std::fs::File>> {
+        self.spool.as_ref().map(SpoolFile::file)
+    }
+
+    async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.spool()?.write_at(offset, data).await
+    }
+
+    async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.spool()?.read_at(offset, len).await
+    }
+
+    async fn set_len(&mut self, len: u64) -> Result<()> {
+        self.spool()?.set_len(len).await
+    }
+
+    async fn commit(mut self: Box<Self>, name: &str) -> Result<ObjectInfo> {
+        let spool = self
+            .spool
+            .take()
+            .ok_or_else(|| Error::provider("upload already committed"))?;
+        let path = ObjectPath::from(format!("{}{name}", self.prefix));
+        let what = format!("{}/{name}", self.container);
+        let size = spool.size();
+        if size <= PART_SIZE {
+            let bytes = spool.read_at(0, size as u32).await?;
+            self.store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map_err(|e| azure_error("PUT", &what, e))?;
+        } else {
+            let mut upload = self
+                .store
+                .put_multipart(&path)
+                .await
+                .map_err(|e| azure_error("PUT", &what, e))?;
+            let sent = async {
+                let mut offset = 0;
+                while offset < size {
+                    let length = PART_SIZE.min(size - offset);
+                    let bytes = spool.read_at(offset, length as u32).await?;
+                    upload
+                        .put_part(PutPayload::from(bytes))
+                        .await
+                        .map_err(|e| azure_error("PUT block", &what, e))?;
+                    offset += length;
+                }
+                upload
+                    .complete()
+                    .await
+                    .map_err(|e| azure_error("PUT block list", &what, e))?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = sent {
+                let _ = upload.abort().await;
+                return Err(e);
+            }
+        }
+        spool.remove().await;
+        Ok(ObjectInfo {
+            size,
+            modified: SystemTime::now(),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(spool) = self.spool.take() {
+            spool.remove().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_parse() {
+        let (account, key, endpoint) = parse_connection_string(
+            "DefaultEndpointsProtocol=http;AccountName=dev;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:10000/dev;",
+        )
+        .unwrap();
+        assert_eq!((account.as_str(), key.as_str()), ("dev", "a2V5"));
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:10000/dev"));
+        let err = parse_connection_string("AccountName=dev").unwrap_err();
+        assert!(
+            !err.message().contains("dev"),
+            "names the missing part only"
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! Project archives in Azure Blob Storage (Azurite), written and read by
+//! real tools, with the server's faults.
+
+mod common;
+
+use common::servers::{AZURE_KEY, Azurite};
+use common::*;
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const CONTAINER: &str = "projects";
+
+struct Setup {
+    azurite: Azurite,
+    daemon: Daemon,
+    src: PathBuf,
+}
+
+fn start_with_key(key: &str) -> Setup {
+    let azurite = Azurite::start(&[CONTAINER]);
+    let mut daemon = Daemon::prepare("");
+    let config = format!(
+        "[stores.az]\nprovider = \"azure\"\nconnection_string = \"{}\"\nbuckets = [\"{CONTAINER}\"]\nspool_dir = \"{}\"\nmax_object_size = \"64MiB\"\n",
+        azurite.connection_string(key),
+        daemon.dir.path().join("spool").display()
+    );
+    fs::write(&daemon.config, config).unwrap();
+    daemon.secret(key);
+    daemon.spawn();
+    let src = daemon.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    Setup {
+        azurite,
+        daemon,
+        src,
+    }
+}
+
+fn start() -> Setup {
+    start_with_key(AZURE_KEY)
+}
+
+impl Setup {
+    fn mounted(&self, name: &str) -> PathBuf {
+        self.daemon.path(&format!("projects/{CONTAINER}/{name}"))
+    }
+}
+
+#[test]
+fn archives_round_trip_through_every_writer_and_reader() {
+    let setup = start();
+    for (size, name) in [
+        (1000usize, "small"),
+        ((5 << 20) - 1, "edge"),
+        (20 << 20, "multi"),
+    ] {
+        let zip = make_zip(&setup.src, &format!("{name}.zip"), size);
+        let z = zip.to_string_lossy();
+        let dst = |tool: &str| {
+            setup
+                .mounted(&format!("{name}-{tool}.zip"))
+                .to_string_lossy()
+                .into_owned()
+        };
+        for (tool, script) in [
+            ("cp", format!("cp {z} {}", dst("cp"))),
+            (
+                "dd",
+                format!("dd if={z} of={} bs=1M status=none", dst("dd")),
+            ),
+            (
+                "py",
+                format!(
+                    "python3 -c 'import shutil; shutil.copyfile(\"{z}\", \"{}\")'",
+                    dst("py")
+                ),
+            ),
+            ("rsync", format!("rsync {z} {}", dst("rsync"))),
+        ] {
+            let out = sh(&script);
+            assert!(out.status.success(), "{script}: {}", stderr(&out));
+            let mounted = setup.mounted(&format!("{name}-{tool}.zip"));
+            assert_eq!(sha256(&mounted), sha256(&zip), "{script}");
+            let cat = run("cat", &[&mounted.to_string_lossy()]);
+            assert_eq!(cat.stdout, fs::read(&zip).unwrap(), "cat after {script}");
+        }
+    }
+    let tree = setup.src.join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("a.txt"), "alpha").unwrap();
+    let out = sh(&format!(
+        "cd {} && zip -qr {} tree",
+        setup.src.display(),
+        setup.mounted("zipped.zip").display()
+    ));
+    assert!(out.status.success(), "zip: {}", stderr(&out));
+    let listing = run(
+        "ls",
+        &[
+            "-l",
+            &setup
+                .daemon
+                .path(&format!("projects/{CONTAINER}"))
+                .to_string_lossy(),
+        ],
+    );
+    let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(
+        listing.contains("zipped.zip") && listing.contains("multi-cp.zip"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn bad_archives_renames_and_deletes() {
+    let setup = start();
+    let good = make_zip(&setup.src, "good.zip", 10_000);
+    let target = setup.mounted("p.zip");
+    assert!(
+        run("cp", &[&good.to_string_lossy(), &target.to_string_lossy()])
+            .status
+            .success()
+    );
+    let junk = setup.src.join("junk");
+    fs::write(&junk, vec![b'j'; 5000]).unwrap();
+    let out = run("cp", &[&junk.to_string_lossy(), &target.to_string_lossy()]);
+    assert!(
+        stderr(&out).contains("Invalid argument"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        sha256(&target),
+        sha256(&good),
+        "the previous blob is intact"
+    );
+    fs::rename(&target, setup.mounted("q.zip")).unwrap();
+    assert_eq!(sha256(&setup.mounted("q.zip")), sha256(&good));
+    assert_eq!(
+        fs::metadata(&target).unwrap_err().raw_os_error(),
+        Some(libc::ENOENT)
+    );
+    fs::remove_file(setup.mounted("q.zip")).unwrap();
+    assert_eq!(
+        fs::metadata(setup.mounted("q.zip"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
+}
+
+#[test]
+fn a_wrong_key_is_eacces() {
+    let wrong = "d3JvbmcgYXp1cmUga2V5IDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ=";
+    let setup = start_with_key(wrong);
+    let err = fs::read_dir(setup.daemon.path(&format!("projects/{CONTAINER}"))).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+}
+
+#[test]
+fn the_service_down_gives_eio_and_recovers() {
+    let mut setup = start();
+    let zip = make_zip(&setup.src, "z.zip", 50_000);
+    assert!(
+        run(
+            "cp",
+            &[
+                &zip.to_string_lossy(),
+                &setup.mounted("z.zip").to_string_lossy()
+            ]
+        )
+        .status
+        .success()
+    );
+    setup.azurite.stop();
+    let out = run(
+        "cat",
+        &[&setup
+            .daemon
+            .path(&format!("projects/{CONTAINER}/other.zip"))
+            .to_string_lossy()],
+    );
+    assert!(
+        stderr(&out).contains("Input/output error"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        "cp",
+        &[
+            &zip.to_string_lossy(),
+            &setup.mounted("new.zip").to_string_lossy(),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "an upload with the service down fails"
+    );
+    setup.azurite.restart();
+    setup.azurite.create_containers(&[CONTAINER]);
+    let mounted = setup.mounted("again.zip");
+    wait_for("uploads to work again", Duration::from_secs(30), || {
+        run("cp", &[&zip.to_string_lossy(), &mounted.to_string_lossy()])
+            .status
+            .success()
+    });
+    assert_eq!(sha256(&mounted), sha256(&zip), "and reads");
+}
+
+#[test]
+fn sixteen_concurrent_uploads_and_downloads_stay_intact() {
+    let setup = start();
+    let archives: Vec<PathBuf> = (0..16)
+        .map(|i| make_zip(&setup.src, &format!("c{i}.zip"), 500_000 + i * 1000))
+        .collect();
+    for (i, zip) in archives.iter().enumerate() {
+        let out = run(
+            "cp",
+            &[
+                &zip.to_string_lossy(),
+                &setup.mounted(&format!("down-{i}.zip")).to_string_lossy(),
+            ],
+        );
+        assert!(out.status.success());
+    }
+    std::thread::scope(|scope| {
+        for (i, zip) in archives.iter().enumerate() {
+            let setup = &setup;
+            scope.spawn(move || {
+                let out = run(
+                    "cp",
+                    &[
+                        &zip.to_string_lossy(),
+                        &setup.mounted(&format!("up-{i}.zip")).to_string_lossy(),
+                    ],
+                );
+                assert!(out.status.success(), "upload {i}: {}", stderr(&out));
+            });
+            scope.spawn(move || {
+                assert_eq!(
+                    sha256(&setup.mounted(&format!("down-{i}.zip"))),
+                    sha256(zip),
+                    "download {i}"
+                );
+            });
+        }
+    });
+    for (i, zip) in archives.iter().enumerate() {
+        assert_eq!(sha256(&setup.mounted(&format!("up-{i}.zip"))), sha256(zip));
+    }
+}
