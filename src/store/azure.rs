@@ -173,7 +173,7 @@ impl ProjectStore for AzureStore {
         Ok(Box::new(StreamingReader::new(source, info)))
     }
 
-    async fn begin_upload(&self, container: &str) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, container: &str, _name: &str) -> Result<Box<dyn Upload>> {
         Ok(Box::new(BlobUpload {
             spool: Some(SpoolFile::create(&self.spool_dir).await?),
             store: self.container(container)?.clone(),

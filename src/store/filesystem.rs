@@ -102,7 +102,7 @@ impl ProjectStore for FilesystemStore {
         .await
     }
 
-    async fn begin_upload(&self, bucket: &str) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, bucket: &str, _name: &str) -> Result<Box<dyn Upload>> {
         let dir = self.root.join(bucket);
         let spool = SpoolFile::create(&dir).await?;
         Ok(Box::new(FileUpload {

@@ -28,8 +28,10 @@ pub trait ProjectStore: Send + Sync {
     async fn list(&self, bucket: &str) -> Result<Vec<(String, ObjectInfo)>>;
     async fn stat(&self, bucket: &str, name: &str) -> Result<Option<ObjectInfo>>;
     async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>>;
-    /// Starts an upload whose object name is given when it commits.
-    async fn begin_upload(&self, bucket: &str) -> Result<Box<dyn Upload>>;
+    /// Starts an upload. `name` is the file being written: an archive name
+    /// keeps it at commit (so a store may start sending it early), a
+    /// staging name gets its archive name from a rename.
+    async fn begin_upload(&self, bucket: &str, name: &str) -> Result<Box<dyn Upload>>;
     async fn delete(&self, bucket: &str, name: &str) -> Result<()>;
     async fn rename(&self, bucket: &str, from: &str, to: &str) -> Result<ObjectInfo>;
 }
@@ -138,7 +140,7 @@ impl ProjectStore for FailedStore {
     async fn open(&self, _: &str, _: &str) -> Result<Box<dyn ObjectReader>> {
         Err(self.0.clone())
     }
-    async fn begin_upload(&self, _: &str) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, _: &str, _: &str) -> Result<Box<dyn Upload>> {
         Err(self.0.clone())
     }
     async fn delete(&self, _: &str, _: &str) -> Result<()> {

@@ -4,9 +4,13 @@
 //! keeps the last 8 MiB, so memory stays bounded whatever the object size;
 //! a seek starts a new GET. Few GETs matter: some S3-compatibles pay a
 //! whole-object cost per request.
-//! Uploads wait in a local spool file and go up at commit: one PUT when
-//! small, a multipart upload otherwise (aborted on any failure), so nothing
-//! is visible at the key until the archive is checked and complete.
+//! Uploads are written to a local spool file. While an archive is being
+//! written, each full part goes up as part of a multipart upload; commit
+//! checks the archive, sends the rest and completes it (a small archive is
+//! one PUT). A write back into a part already sent, or a rename to another
+//! name, makes commit start over from the spool. Any failure aborts the
+//! multipart upload, so nothing is visible at the key until the archive is
+//! checked and complete.
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
@@ -203,13 +207,26 @@ impl ProjectStore for S3Store {
         Ok(Box::new(StreamingReader::new(source, info)))
     }
 
-    async fn begin_upload(&self, bucket: &str) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, bucket: &str, name: &str) -> Result<Box<dyn Upload>> {
+        let spool = SpoolFile::create(&self.spool_dir).await?;
+        // An archive keeps its name: its full parts go up while it is
+        // being written. A staging file waits for its rename.
+        let streamer = crate::upload::is_archive_name(name).then(|| {
+            PartStreamer::start(PartTarget {
+                client: self.client.clone(),
+                bucket: bucket.to_string(),
+                key: self.key(name),
+                part_size: self.part_size,
+                file: spool.file(),
+            })
+        });
         Ok(Box::new(S3Upload {
-            spool: Some(SpoolFile::create(&self.spool_dir).await?),
+            spool: Some(spool),
             client: self.client.clone(),
             bucket: bucket.to_string(),
             prefix: self.prefix.clone(),
             part_size: self.part_size,
+            streamer,
         }))
     }
 
@@ -303,6 +320,251 @@ struct S3Upload {
     bucket: String,
     prefix: String,
     part_size: u64,
+    streamer: Option<PartStreamer>,
+}
+
+/// Where streamed parts go.
+#[derive(Clone)]
+struct PartTarget {
+    client: Client,
+    bucket: String,
+    key: String,
+    part_size: u64,
+    file: Arc<std::fs::File>,
+}
+
+/// A part already sent, and a fingerprint of what it held, so a later
+/// write into it (a seek back) is noticed at commit.
+struct SentPart {
+    number: i32,
+    e_tag: Option<String>,
+    fingerprint: u64,
+}
+
+#[derive(Default)]
+struct Streamed {
+    upload_id: Option<String>,
+    parts: Vec<SentPart>,
+    /// Bytes covered by `parts`.
+    sent: u64,
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Sends each full part of a growing spool file while the writer is still
+/// writing: a multipart upload started by the first full part, one part in
+/// memory at a time. Stopped at commit, which sends the rest.
+struct PartStreamer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: Option<tokio::task::JoinHandle<(Streamed, Result<()>)>>,
+    target: PartTarget,
+}
+
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl PartStreamer {
+    fn start(target: PartTarget) -> PartStreamer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(Self::run(target.clone(), stop.clone()));
+        PartStreamer {
+            stop,
+            task: Some(task),
+            target,
+        }
+    }
+
+    async fn run(
+        target: PartTarget,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> (Streamed, Result<()>) {
+        let mut streamed = Streamed::default();
+        loop {
+            let stopping = stop.load(std::sync::atomic::Ordering::Acquire);
+            let size = target.file.metadata().map(|m| m.len()).unwrap_or(0);
+            while !stop.load(std::sync::atomic::Ordering::Acquire)
+                && size >= streamed.sent + target.part_size
+            {
+                if let Err(e) = Self::send_part(&target, &mut streamed).await {
+                    return (streamed, Err(e));
+                }
+            }
+            if stopping {
+                return (streamed, Ok(()));
+            }
+            tokio::time::sleep(STREAM_POLL).await;
+        }
+    }
+
+    async fn send_part(target: &PartTarget, streamed: &mut Streamed) -> Result<()> {
+        let what = format!("s3://{}/{}", target.bucket, target.key);
+        let upload_id = match &streamed.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let created = target
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&target.bucket)
+                    .key(&target.key)
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("CreateMultipartUpload", &what, e))?;
+                let id = created
+                    .upload_id()
+                    .ok_or_else(|| {
+                        Error::provider(format!("S3 CreateMultipartUpload {what}: no upload id"))
+                    })?
+                    .to_string();
+                streamed.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let file = target.file.clone();
+        let (offset, length) = (streamed.sent, target.part_size);
+        let bytes =
+            super::blocking(move || super::spool::read_full_at(&file, offset, length as u32))
+                .await?;
+        let number = streamed.parts.len() as i32 + 1;
+        let fingerprint = fingerprint(&bytes);
+        let part = target
+            .client
+            .upload_part()
+            .bucket(&target.bucket)
+            .key(&target.key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| s3_error("UploadPart", &what, e))?;
+        streamed.parts.push(SentPart {
+            number,
+            e_tag: part.e_tag().map(str::to_string),
+            fingerprint,
+        });
+        streamed.sent += length;
+        Ok(())
+    }
+
+    /// Stops sending and returns what was sent.
+    async fn finish(&mut self) -> (Streamed, Result<()>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| {
+                (
+                    Streamed::default(),
+                    Err(Error::provider(format!("part upload task: {e}"))),
+                )
+            }),
+            None => (Streamed::default(), Ok(())),
+        }
+    }
+
+    async fn abort(target: &PartTarget, streamed: &Streamed) {
+        if let Some(id) = &streamed.upload_id {
+            let _ = target
+                .client
+                .abort_multipart_upload()
+                .bucket(&target.bucket)
+                .key(&target.key)
+                .upload_id(id)
+                .send()
+                .await;
+        }
+    }
+
+    /// Whether the sent parts still hold what the spool holds now.
+    async fn still_matches(target: &PartTarget, streamed: &Streamed, size: u64) -> Result<bool> {
+        if streamed.sent > size {
+            return Ok(false);
+        }
+        for (index, part) in streamed.parts.iter().enumerate() {
+            let file = target.file.clone();
+            let offset = index as u64 * target.part_size;
+            let length = target.part_size as u32;
+            let bytes =
+                super::blocking(move || super::spool::read_full_at(&file, offset, length)).await?;
+            if fingerprint(&bytes) != part.fingerprint {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Completes the streamed upload with the rest of the spool, if what was
+    /// sent is still current. `Ok(false)`: nothing usable was streamed (too
+    /// small, a seek back, a failure); the caller uploads from scratch.
+    async fn complete(mut self, size: u64) -> Result<bool> {
+        let (mut streamed, outcome) = self.finish().await;
+        let target = self.target.clone();
+        let usable = outcome.is_ok()
+            && streamed.upload_id.is_some()
+            && Self::still_matches(&target, &streamed, size).await?;
+        if !usable {
+            Self::abort(&target, &streamed).await;
+            return Ok(false);
+        }
+        let what = format!("s3://{}/{}", target.bucket, target.key);
+        let finished = async {
+            while streamed.sent < size {
+                // The last part may be short; S3 allows that.
+                let mut tail = target.clone();
+                tail.part_size = (size - streamed.sent).min(target.part_size);
+                Self::send_part(&tail, &mut streamed).await?;
+            }
+            let parts = streamed
+                .parts
+                .iter()
+                .map(|p| {
+                    CompletedPart::builder()
+                        .part_number(p.number)
+                        .set_e_tag(p.e_tag.clone())
+                        .build()
+                })
+                .collect();
+            target
+                .client
+                .complete_multipart_upload()
+                .bucket(&target.bucket)
+                .key(&target.key)
+                .upload_id(streamed.upload_id.clone().unwrap_or_default())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| s3_error("CompleteMultipartUpload", &what, e))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = finished {
+            Self::abort(&target, &streamed).await;
+            return Err(e);
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for PartStreamer {
+    /// An upload dropped without commit or abort leaves no parts behind.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let (Some(task), Ok(runtime)) = (self.task.take(), tokio::runtime::Handle::try_current())
+        {
+            let target = self.target.clone();
+            runtime.spawn(async move {
+                if let Ok((streamed, _)) = task.await {
+                    PartStreamer::abort(&target, &streamed).await;
+                }
+            });
+        }
+    }
 }
 
 impl S3Upload {
@@ -428,7 +690,18 @@ impl Upload for S3Upload {
             .to_path_buf();
         let key = format!("{}{name}", self.prefix);
         let size = spool.size();
-        if size <= self.part_size {
+        let streamed_to_key = self.streamer.as_ref().is_some_and(|s| s.target.key == key);
+        let streamer = self.streamer.take();
+        let done = match (streamer, streamed_to_key) {
+            (Some(streamer), true) => streamer.complete(size).await?,
+            (Some(mut streamer), false) => {
+                let (streamed, _) = streamer.finish().await;
+                PartStreamer::abort(&streamer.target, &streamed).await;
+                false
+            }
+            (None, _) => false,
+        };
+        if !done && size <= self.part_size {
             self.client
                 .put_object()
                 .bucket(&self.bucket)
@@ -437,7 +710,7 @@ impl Upload for S3Upload {
                 .send()
                 .await
                 .map_err(|e| s3_error("PutObject", &format!("s3://{}/{key}", self.bucket), e))?;
-        } else {
+        } else if !done {
             self.multipart(&key, &path, size).await?;
         }
         spool.remove().await;
@@ -448,6 +721,10 @@ impl Upload for S3Upload {
     }
 
     async fn abort(mut self: Box<Self>) {
+        if let Some(mut streamer) = self.streamer.take() {
+            let (streamed, _) = streamer.finish().await;
+            PartStreamer::abort(&streamer.target, &streamed).await;
+        }
         if let Some(spool) = self.spool.take() {
             spool.remove().await;
         }

@@ -189,7 +189,7 @@ impl Uploads {
                     Some(pending) => pending,
                     None => {
                         let store = &handle.bucket_entry.store;
-                        let upload = store.begin_upload(&handle.bucket).await?;
+                        let upload = store.begin_upload(&handle.bucket, &handle.name).await?;
                         let pending = Arc::new(Pending::new(handle.bucket_entry.clone(), upload));
                         if let Some(original) = &handle.original {
                             copy_into(&pending, original.as_ref()).await?;
