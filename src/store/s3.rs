@@ -194,17 +194,34 @@ impl ProjectStore for S3Store {
         }
     }
 
+    /// Starts the first GET at once and learns the size from it: a HEAD
+    /// first would cost a request (a whole-object one on some servers).
     async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
-        let info = self
-            .stat(bucket, name)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("s3://{bucket}/{}", self.key(name))))?;
+        if !crate::upload::is_archive_name(name) {
+            return Err(Error::not_found(format!(
+                "s3://{bucket}/{}",
+                self.key(name)
+            )));
+        }
         let source = S3Object {
             client: self.client.clone(),
             bucket: bucket.to_string(),
             key: self.key(name),
         };
-        Ok(Box::new(StreamingReader::new(source, info)))
+        let first = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(&source.key)
+            .send()
+            .await
+            .map_err(|e| s3_error("GetObject", &source.describe(), e))?;
+        let info = ObjectInfo {
+            size: first.content_length().unwrap_or(0).max(0) as u64,
+            modified: modified(first.last_modified()),
+        };
+        let body = S3Object::chunks(first.body, source.describe());
+        Ok(Box::new(StreamingReader::with_body(source, info, body)))
     }
 
     async fn begin_upload(&self, bucket: &str, name: &str) -> Result<Box<dyn Upload>> {
@@ -277,6 +294,26 @@ struct S3Object {
     client: Client,
     bucket: String,
     key: String,
+}
+
+impl S3Object {
+    fn chunks(body: ByteStream, what: String) -> Body {
+        let chunks = futures::stream::unfold(Some(body), move |body| {
+            let what = what.clone();
+            async move {
+                let mut body = body?;
+                match body.try_next().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
+                    Ok(None) => None,
+                    Err(e) => Some((
+                        Err(Error::provider(format!("S3 GetObject {what}: {e}"))),
+                        None,
+                    )),
+                }
+            }
+        });
+        Box::pin(chunks)
+    }
 }
 
 #[async_trait]

@@ -85,6 +85,18 @@ impl<S: RangeSource> StreamingReader<S> {
             stream: Mutex::new(Stream::default()),
         }
     }
+
+    /// A reader whose first GET, from offset 0, is already under way.
+    pub fn with_body(source: S, info: ObjectInfo, body: Body) -> Self {
+        StreamingReader {
+            source,
+            info,
+            stream: Mutex::new(Stream {
+                body: Some(body),
+                ..Stream::default()
+            }),
+        }
+    }
 }
 
 #[async_trait]

@@ -101,8 +101,12 @@ impl CredFs {
                 .await?;
             return Ok(self.opened_for_writing(ino, handle));
         }
-        if entry.store.stat(bucket, name).await?.is_some() {
-            let reader = entry.store.open(bucket, name).await?;
+        let reader = match entry.store.open(bucket, name).await {
+            Ok(reader) => Some(reader),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(reader) = reader {
             let info = reader.info();
             let seen = self
                 .published
