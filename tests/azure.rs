@@ -250,3 +250,29 @@ fn sixteen_concurrent_uploads_and_downloads_stay_intact() {
         assert_eq!(sha256(&setup.mounted(&format!("up-{i}.zip"))), sha256(zip));
     }
 }
+
+#[test]
+fn blobs_of_edge_sizes_read_back_identical() {
+    let setup = start();
+    for size in [0usize, 1, (5 << 20) - 1, 5 << 20, (5 << 20) + 1] {
+        let name = format!("raw-{size}.zip");
+        let local = setup.src.join(&name);
+        let out = sh(&format!(
+            "head -c {size} /dev/urandom > {}",
+            local.display()
+        ));
+        assert!(out.status.success());
+        let script = format!(
+            "from azure.storage.blob import BlobServiceClient\nc = BlobServiceClient.from_connection_string({:?}).get_container_client({CONTAINER:?})\nc.upload_blob({name:?}, open({:?}, 'rb').read())\n",
+            setup.azurite.connection_string(AZURE_KEY),
+            local.to_string_lossy()
+        );
+        let python = std::env::var("CREDFS_MOTO_PYTHON")
+            .unwrap_or_else(|_| "/var/cache/credfs/venv/bin/python".into());
+        let out = run(&python, &["-c", &script]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mounted = setup.mounted(&name);
+        assert_eq!(fs::metadata(&mounted).unwrap().len(), size as u64);
+        assert_eq!(sha256(&mounted), sha256(&local), "size {size}");
+    }
+}

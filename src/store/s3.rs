@@ -235,6 +235,7 @@ impl ProjectStore for S3Store {
                 key: self.key(name),
                 part_size: self.part_size,
                 file: spool.file(),
+                path: spool.path().map(PathBuf::from).unwrap_or_default(),
             })
         });
         Ok(Box::new(S3Upload {
@@ -368,6 +369,7 @@ struct PartTarget {
     key: String,
     part_size: u64,
     file: Arc<std::fs::File>,
+    path: PathBuf,
 }
 
 /// A part already sent, and a fingerprint of what it held, so a later
@@ -375,7 +377,7 @@ struct PartTarget {
 struct SentPart {
     number: i32,
     e_tag: Option<String>,
-    fingerprint: u64,
+    fingerprint: u32,
 }
 
 #[derive(Default)]
@@ -386,11 +388,10 @@ struct Streamed {
     sent: u64,
 }
 
-fn fingerprint(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
+/// CRC-32 runs at memory speed: checking every sent part at commit costs
+/// little next to sending them.
+fn fingerprint(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
 }
 
 /// Sends each full part of a growing spool file while the writer is still
@@ -547,11 +548,29 @@ impl PartStreamer {
         }
         let what = format!("s3://{}/{}", target.bucket, target.key);
         let finished = async {
+            let upload_id = streamed.upload_id.clone().unwrap_or_default();
             while streamed.sent < size {
-                // The last part may be short; S3 allows that.
-                let mut tail = target.clone();
-                tail.part_size = (size - streamed.sent).min(target.part_size);
-                Self::send_part(&tail, &mut streamed).await?;
+                // The writer is done: parts stream from the file; the last
+                // may be short, which S3 allows.
+                let length = (size - streamed.sent).min(target.part_size);
+                let number = streamed.parts.len() as i32 + 1;
+                let part = target
+                    .client
+                    .upload_part()
+                    .bucket(&target.bucket)
+                    .key(&target.key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(S3Upload::body(&target.path, streamed.sent, length).await?)
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("UploadPart", &what, e))?;
+                streamed.parts.push(SentPart {
+                    number,
+                    e_tag: part.e_tag().map(str::to_string),
+                    fingerprint: 0,
+                });
+                streamed.sent += length;
             }
             let parts = streamed
                 .parts
