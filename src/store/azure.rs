@@ -1,10 +1,12 @@
 //! `azure`: Azure Blob Storage through the `object_store` crate (the Arrow
 //! project's, maintained and used widely; the official Azure SDK crates for
 //! Rust are still being rewritten). Each bucket is a container; objects are
-//! `<prefix><name>.zip`. Reads stream like S3's; uploads wait in a spool
-//! file and go up at commit, one PUT when small, else a block-list upload
-//! aborted on failure.
+//! `<prefix><name>.zip`. Reads stream like S3's; uploads go through a spool
+//! file like S3's: full blocks are sent while an archive is written and
+//! the block list committed after its check (one PUT when small), aborted
+//! on failure.
 
+use super::part_streamer::{PartSink, PartSinks, PartStreamer, send_rest};
 use super::spool::SpoolFile;
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
@@ -173,12 +175,26 @@ impl ProjectStore for AzureStore {
         Ok(Box::new(StreamingReader::new(source, info)))
     }
 
-    async fn begin_upload(&self, container: &str, _name: &str) -> Result<Box<dyn Upload>> {
+    async fn begin_upload(&self, container: &str, name: &str) -> Result<Box<dyn Upload>> {
+        let spool = SpoolFile::create(&self.spool_dir).await?;
+        let store = self.container(container)?.clone();
+        // An archive keeps its name: its full blocks go up while it is
+        // being written. A staging file waits for its rename.
+        let streamer = crate::upload::is_archive_name(name).then(|| {
+            let blocks = BlobBlocks {
+                store: store.clone(),
+                path: self.path(name),
+                what: format!("{container}/{name}"),
+            };
+            let streamer = PartStreamer::start(Arc::new(blocks), spool.file(), PART_SIZE);
+            (streamer, self.path(name))
+        });
         Ok(Box::new(BlobUpload {
-            spool: Some(SpoolFile::create(&self.spool_dir).await?),
-            store: self.container(container)?.clone(),
+            spool: Some(spool),
+            store,
             container: container.to_string(),
             prefix: self.prefix.clone(),
+            streamer,
         }))
     }
 
@@ -237,6 +253,57 @@ struct BlobUpload {
     store: Arc<dyn ObjectStore>,
     container: String,
     prefix: String,
+    /// Blocks sent while writing, and the blob they go to.
+    streamer: Option<(PartStreamer, ObjectPath)>,
+}
+
+/// Block-list uploads to one blob.
+struct BlobBlocks {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    what: String,
+}
+
+#[async_trait]
+impl PartSinks for BlobBlocks {
+    async fn start(&self) -> Result<Box<dyn PartSink>> {
+        let upload = self
+            .store
+            .put_multipart(&self.path)
+            .await
+            .map_err(|e| azure_error("PUT", &self.what, e))?;
+        Ok(Box::new(BlockSink {
+            upload,
+            what: self.what.clone(),
+        }))
+    }
+}
+
+struct BlockSink {
+    upload: Box<dyn object_store::MultipartUpload>,
+    what: String,
+}
+
+#[async_trait]
+impl PartSink for BlockSink {
+    async fn send(&mut self, part: bytes::Bytes) -> Result<()> {
+        self.upload
+            .put_part(PutPayload::from(part))
+            .await
+            .map_err(|e| azure_error("PUT block", &self.what, e))
+    }
+
+    async fn complete(&mut self) -> Result<()> {
+        self.upload
+            .complete()
+            .await
+            .map(|_| ())
+            .map_err(|e| azure_error("PUT block list", &self.what, e))
+    }
+
+    async fn abort(&mut self) {
+        let _ = self.upload.abort().await;
+    }
 }
 
 impl BlobUpload {
@@ -277,40 +344,29 @@ impl Upload for BlobUpload {
         let path = ObjectPath::from(format!("{}{name}", self.prefix));
         let what = format!("{}/{name}", self.container);
         let size = spool.size();
-        if size <= PART_SIZE {
+        let streamed = match self.streamer.take() {
+            Some((streamer, streamed_path)) if streamed_path == path => {
+                streamer.complete(size).await?
+            }
+            Some((streamer, _)) => {
+                streamer.abort().await;
+                false
+            }
+            None => false,
+        };
+        if !streamed && size <= PART_SIZE {
             let bytes = spool.read_at(0, size as u32).await?;
             self.store
                 .put(&path, PutPayload::from(bytes))
                 .await
                 .map_err(|e| azure_error("PUT", &what, e))?;
-        } else {
-            let mut upload = self
-                .store
-                .put_multipart(&path)
-                .await
-                .map_err(|e| azure_error("PUT", &what, e))?;
-            let sent = async {
-                let mut offset = 0;
-                while offset < size {
-                    let length = PART_SIZE.min(size - offset);
-                    let bytes = spool.read_at(offset, length as u32).await?;
-                    upload
-                        .put_part(PutPayload::from(bytes))
-                        .await
-                        .map_err(|e| azure_error("PUT block", &what, e))?;
-                    offset += length;
-                }
-                upload
-                    .complete()
-                    .await
-                    .map_err(|e| azure_error("PUT block list", &what, e))?;
-                Ok(())
-            }
-            .await;
-            if let Err(e) = sent {
-                let _ = upload.abort().await;
-                return Err(e);
-            }
+        } else if !streamed {
+            let blocks = BlobBlocks {
+                store: self.store.clone(),
+                path,
+                what,
+            };
+            send_rest(blocks.start().await?, &spool.file(), 0, size, PART_SIZE).await?;
         }
         spool.remove().await;
         Ok(ObjectInfo {
@@ -320,6 +376,9 @@ impl Upload for BlobUpload {
     }
 
     async fn abort(mut self: Box<Self>) {
+        if let Some((streamer, _)) = self.streamer.take() {
+            streamer.abort().await;
+        }
         if let Some(spool) = self.spool.take() {
             spool.remove().await;
         }

@@ -4,6 +4,7 @@
 
 mod azure;
 mod filesystem;
+mod part_streamer;
 mod s3;
 mod spool;
 mod streaming;

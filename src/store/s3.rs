@@ -14,6 +14,7 @@
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
+use super::part_streamer::{PartSink, PartSinks, PartStreamer, send_rest};
 use super::spool::SpoolFile;
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
@@ -23,7 +24,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -229,14 +230,13 @@ impl ProjectStore for S3Store {
         // An archive keeps its name: its full parts go up while it is
         // being written. A staging file waits for its rename.
         let streamer = crate::upload::is_archive_name(name).then(|| {
-            PartStreamer::start(PartTarget {
+            let parts = S3Parts {
                 client: self.client.clone(),
                 bucket: bucket.to_string(),
                 key: self.key(name),
-                part_size: self.part_size,
-                file: spool.file(),
-                path: spool.path().map(PathBuf::from).unwrap_or_default(),
-            })
+            };
+            let streamer = PartStreamer::start(Arc::new(parts), spool.file(), self.part_size);
+            (streamer, self.key(name))
         });
         Ok(Box::new(S3Upload {
             spool: Some(spool),
@@ -358,295 +358,26 @@ struct S3Upload {
     bucket: String,
     prefix: String,
     part_size: u64,
-    streamer: Option<PartStreamer>,
+    /// Parts sent while writing, and the key they go to.
+    streamer: Option<(PartStreamer, String)>,
 }
 
-/// Where streamed parts go.
-#[derive(Clone)]
-struct PartTarget {
+/// Multipart uploads to one key.
+struct S3Parts {
     client: Client,
     bucket: String,
     key: String,
-    part_size: u64,
-    file: Arc<std::fs::File>,
-    path: PathBuf,
 }
 
-/// A part already sent, and a fingerprint of what it held, so a later
-/// write into it (a seek back) is noticed at commit.
-struct SentPart {
-    number: i32,
-    e_tag: Option<String>,
-    fingerprint: u32,
-}
-
-#[derive(Default)]
-struct Streamed {
-    upload_id: Option<String>,
-    parts: Vec<SentPart>,
-    /// Bytes covered by `parts`.
-    sent: u64,
-}
-
-/// CRC-32 runs at memory speed: checking every sent part at commit costs
-/// little next to sending them.
-fn fingerprint(bytes: &[u8]) -> u32 {
-    crc32fast::hash(bytes)
-}
-
-/// Sends each full part of a growing spool file while the writer is still
-/// writing: a multipart upload started by the first full part, one part in
-/// memory at a time. Stopped at commit, which sends the rest.
-struct PartStreamer {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    task: Option<tokio::task::JoinHandle<(Streamed, Result<()>)>>,
-    target: PartTarget,
-}
-
-const STREAM_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
-impl PartStreamer {
-    fn start(target: PartTarget) -> PartStreamer {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = tokio::spawn(Self::run(target.clone(), stop.clone()));
-        PartStreamer {
-            stop,
-            task: Some(task),
-            target,
-        }
-    }
-
-    async fn run(
-        target: PartTarget,
-        stop: Arc<std::sync::atomic::AtomicBool>,
-    ) -> (Streamed, Result<()>) {
-        let mut streamed = Streamed::default();
-        loop {
-            let stopping = stop.load(std::sync::atomic::Ordering::Acquire);
-            let size = target.file.metadata().map(|m| m.len()).unwrap_or(0);
-            while !stop.load(std::sync::atomic::Ordering::Acquire)
-                && size >= streamed.sent + target.part_size
-            {
-                if let Err(e) = Self::send_part(&target, &mut streamed).await {
-                    return (streamed, Err(e));
-                }
-            }
-            if stopping {
-                return (streamed, Ok(()));
-            }
-            tokio::time::sleep(STREAM_POLL).await;
-        }
-    }
-
-    async fn send_part(target: &PartTarget, streamed: &mut Streamed) -> Result<()> {
-        let what = format!("s3://{}/{}", target.bucket, target.key);
-        let upload_id = match &streamed.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let created = target
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&target.bucket)
-                    .key(&target.key)
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("CreateMultipartUpload", &what, e))?;
-                let id = created
-                    .upload_id()
-                    .ok_or_else(|| {
-                        Error::provider(format!("S3 CreateMultipartUpload {what}: no upload id"))
-                    })?
-                    .to_string();
-                streamed.upload_id = Some(id.clone());
-                id
-            }
-        };
-        let file = target.file.clone();
-        let (offset, length) = (streamed.sent, target.part_size);
-        let bytes =
-            super::blocking(move || super::spool::read_full_at(&file, offset, length as u32))
-                .await?;
-        let number = streamed.parts.len() as i32 + 1;
-        let fingerprint = fingerprint(&bytes);
-        let part = target
-            .client
-            .upload_part()
-            .bucket(&target.bucket)
-            .key(&target.key)
-            .upload_id(&upload_id)
-            .part_number(number)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| s3_error("UploadPart", &what, e))?;
-        streamed.parts.push(SentPart {
-            number,
-            e_tag: part.e_tag().map(str::to_string),
-            fingerprint,
-        });
-        streamed.sent += length;
-        Ok(())
-    }
-
-    /// Stops sending and returns what was sent.
-    async fn finish(&mut self) -> (Streamed, Result<()>) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or_else(|e| {
-                (
-                    Streamed::default(),
-                    Err(Error::provider(format!("part upload task: {e}"))),
-                )
-            }),
-            None => (Streamed::default(), Ok(())),
-        }
-    }
-
-    async fn abort(target: &PartTarget, streamed: &Streamed) {
-        if let Some(id) = &streamed.upload_id {
-            let _ = target
-                .client
-                .abort_multipart_upload()
-                .bucket(&target.bucket)
-                .key(&target.key)
-                .upload_id(id)
-                .send()
-                .await;
-        }
-    }
-
-    /// Whether the sent parts still hold what the spool holds now.
-    async fn still_matches(target: &PartTarget, streamed: &Streamed, size: u64) -> Result<bool> {
-        if streamed.sent > size {
-            return Ok(false);
-        }
-        for (index, part) in streamed.parts.iter().enumerate() {
-            let file = target.file.clone();
-            let offset = index as u64 * target.part_size;
-            let length = target.part_size as u32;
-            let bytes =
-                super::blocking(move || super::spool::read_full_at(&file, offset, length)).await?;
-            if fingerprint(&bytes) != part.fingerprint {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Completes the streamed upload with the rest of the spool, if what was
-    /// sent is still current. `Ok(false)`: nothing usable was streamed (too
-    /// small, a seek back, a failure); the caller uploads from scratch.
-    async fn complete(mut self, size: u64) -> Result<bool> {
-        let (mut streamed, outcome) = self.finish().await;
-        let target = self.target.clone();
-        let usable = outcome.is_ok()
-            && streamed.upload_id.is_some()
-            && Self::still_matches(&target, &streamed, size).await?;
-        if !usable {
-            Self::abort(&target, &streamed).await;
-            return Ok(false);
-        }
-        let what = format!("s3://{}/{}", target.bucket, target.key);
-        let finished = async {
-            let upload_id = streamed.upload_id.clone().unwrap_or_default();
-            while streamed.sent < size {
-                // The writer is done: parts stream from the file; the last
-                // may be short, which S3 allows.
-                let length = (size - streamed.sent).min(target.part_size);
-                let number = streamed.parts.len() as i32 + 1;
-                let part = target
-                    .client
-                    .upload_part()
-                    .bucket(&target.bucket)
-                    .key(&target.key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(S3Upload::body(&target.path, streamed.sent, length).await?)
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("UploadPart", &what, e))?;
-                streamed.parts.push(SentPart {
-                    number,
-                    e_tag: part.e_tag().map(str::to_string),
-                    fingerprint: 0,
-                });
-                streamed.sent += length;
-            }
-            let parts = streamed
-                .parts
-                .iter()
-                .map(|p| {
-                    CompletedPart::builder()
-                        .part_number(p.number)
-                        .set_e_tag(p.e_tag.clone())
-                        .build()
-                })
-                .collect();
-            target
-                .client
-                .complete_multipart_upload()
-                .bucket(&target.bucket)
-                .key(&target.key)
-                .upload_id(streamed.upload_id.clone().unwrap_or_default())
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| s3_error("CompleteMultipartUpload", &what, e))?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = finished {
-            Self::abort(&target, &streamed).await;
-            return Err(e);
-        }
-        Ok(true)
-    }
-}
-
-impl Drop for PartStreamer {
-    /// An upload dropped without commit or abort leaves no parts behind.
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        if let (Some(task), Ok(runtime)) = (self.task.take(), tokio::runtime::Handle::try_current())
-        {
-            let target = self.target.clone();
-            runtime.spawn(async move {
-                if let Ok((streamed, _)) = task.await {
-                    PartStreamer::abort(&target, &streamed).await;
-                }
-            });
-        }
-    }
-}
-
-impl S3Upload {
-    fn spool(&self) -> Result<&SpoolFile> {
-        self.spool
-            .as_ref()
-            .ok_or_else(|| Error::provider("upload already committed"))
-    }
-
-    async fn body(path: &std::path::Path, offset: u64, length: u64) -> Result<ByteStream> {
-        ByteStream::read_from()
-            .path(path)
-            .offset(offset)
-            .length(Length::Exact(length))
-            .build()
-            .await
-            .map_err(|e| Error::provider(format!("reading the upload spool: {e}")))
-    }
-
-    async fn multipart(&self, key: &str, path: &std::path::Path, size: u64) -> Result<()> {
-        let what = format!("s3://{}/{key}", self.bucket);
+#[async_trait]
+impl PartSinks for S3Parts {
+    async fn start(&self) -> Result<Box<dyn PartSink>> {
+        let what = format!("s3://{}/{}", self.bucket, self.key);
         let created = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(key)
+            .key(&self.key)
             .send()
             .await
             .map_err(|e| s3_error("CreateMultipartUpload", &what, e))?;
@@ -656,60 +387,84 @@ impl S3Upload {
                 Error::provider(format!("S3 CreateMultipartUpload {what}: no upload id"))
             })?
             .to_string();
-        let uploaded = async {
-            let mut parts = Vec::new();
-            let mut offset = 0;
-            let mut number = 1;
-            while offset < size {
-                let length = self.part_size.min(size - offset);
-                let part = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(Self::body(path, offset, length).await?)
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("UploadPart", &what, e))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(part.e_tag().map(str::to_string))
-                        .build(),
-                );
-                offset += length;
-                number += 1;
-            }
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| s3_error("CompleteMultipartUpload", &what, e))?;
-            Ok(())
-        }
-        .await;
-        if uploaded.is_err() {
-            // No orphaned parts: a failed upload leaves nothing behind.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-        }
-        uploaded
+        Ok(Box::new(S3PartSink {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            what,
+            upload_id,
+            parts: Vec::new(),
+        }))
+    }
+}
+
+struct S3PartSink {
+    client: Client,
+    bucket: String,
+    key: String,
+    what: String,
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+}
+
+#[async_trait]
+impl PartSink for S3PartSink {
+    async fn send(&mut self, part: bytes::Bytes) -> Result<()> {
+        let number = self.parts.len() as i32 + 1;
+        let sent = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(part))
+            .send()
+            .await
+            .map_err(|e| s3_error("UploadPart", &self.what, e))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(sent.e_tag().map(str::to_string))
+                .build(),
+        );
+        Ok(())
+    }
+
+    async fn complete(&mut self) -> Result<()> {
+        let parts = CompletedMultipartUpload::builder()
+            .set_parts(Some(std::mem::take(&mut self.parts)))
+            .build();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(parts)
+            .send()
+            .await
+            .map_err(|e| s3_error("CompleteMultipartUpload", &self.what, e))?;
+        Ok(())
+    }
+
+    /// No orphaned parts: a failed upload leaves nothing behind.
+    async fn abort(&mut self) {
+        let _ = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+    }
+}
+
+impl S3Upload {
+    fn spool(&self) -> Result<&SpoolFile> {
+        self.spool
+            .as_ref()
+            .ok_or_else(|| Error::provider("upload already committed"))
     }
 }
 
@@ -740,34 +495,37 @@ impl Upload for S3Upload {
             .spool
             .take()
             .ok_or_else(|| Error::provider("upload already committed"))?;
-        let path = spool
-            .path()
-            .ok_or_else(|| Error::provider("upload already committed"))?
-            .to_path_buf();
         let key = format!("{}{name}", self.prefix);
         let size = spool.size();
-        let streamed_to_key = self.streamer.as_ref().is_some_and(|s| s.target.key == key);
-        let streamer = self.streamer.take();
-        let done = match (streamer, streamed_to_key) {
-            (Some(streamer), true) => streamer.complete(size).await?,
-            (Some(mut streamer), false) => {
-                let (streamed, _) = streamer.finish().await;
-                PartStreamer::abort(&streamer.target, &streamed).await;
+        let streamed = match self.streamer.take() {
+            Some((streamer, streamed_key)) if streamed_key == key => {
+                streamer.complete(size).await?
+            }
+            Some((streamer, _)) => {
+                streamer.abort().await;
                 false
             }
-            (None, _) => false,
+            None => false,
         };
-        if !done && size <= self.part_size {
+        if !streamed && size <= self.part_size {
+            let file = spool.file();
+            let bytes =
+                super::blocking(move || super::spool::read_full_at(&file, 0, size as u32)).await?;
             self.client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
-                .body(Self::body(&path, 0, size).await?)
+                .body(ByteStream::from(bytes))
                 .send()
                 .await
                 .map_err(|e| s3_error("PutObject", &format!("s3://{}/{key}", self.bucket), e))?;
-        } else if !done {
-            self.multipart(&key, &path, size).await?;
+        } else if !streamed {
+            let parts = S3Parts {
+                client: self.client.clone(),
+                bucket: self.bucket.clone(),
+                key,
+            };
+            send_rest(parts.start().await?, &spool.file(), 0, size, self.part_size).await?;
         }
         spool.remove().await;
         Ok(ObjectInfo {
@@ -777,9 +535,8 @@ impl Upload for S3Upload {
     }
 
     async fn abort(mut self: Box<Self>) {
-        if let Some(mut streamer) = self.streamer.take() {
-            let (streamed, _) = streamer.finish().await;
-            PartStreamer::abort(&streamer.target, &streamed).await;
+        if let Some((streamer, _)) = self.streamer.take() {
+            streamer.abort().await;
         }
         if let Some(spool) = self.spool.take() {
             spool.remove().await;

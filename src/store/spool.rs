@@ -62,10 +62,6 @@ impl SpoolFile {
         self.file.clone()
     }
 
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
     /// Asked of the file: the kernel may write it without us.
     pub fn size(&self) -> u64 {
         self.file.metadata().map(|m| m.len()).unwrap_or(0)
