@@ -7,7 +7,7 @@
 //! on failure.
 
 use super::part_streamer::{PartSink, PartSinks, PartStreamer, send_rest};
-use super::spool::SpoolFile;
+use super::spool::{Committer, SpoolFile, SpooledUpload};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
@@ -189,13 +189,13 @@ impl ProjectStore for AzureStore {
             let streamer = PartStreamer::start(Arc::new(blocks), spool.file(), PART_SIZE);
             (streamer, self.path(name))
         });
-        Ok(Box::new(BlobUpload {
-            spool: Some(spool),
+        let committer = BlobCommit {
             store,
             container: container.to_string(),
             prefix: self.prefix.clone(),
             streamer,
-        }))
+        };
+        Ok(Box::new(SpooledUpload::new(spool, committer)))
     }
 
     async fn delete(&self, container: &str, name: &str) -> Result<()> {
@@ -248,8 +248,7 @@ impl RangeSource for Blob {
     }
 }
 
-struct BlobUpload {
-    spool: Option<SpoolFile>,
+struct BlobCommit {
     store: Arc<dyn ObjectStore>,
     container: String,
     prefix: String,
@@ -306,41 +305,9 @@ impl PartSink for BlockSink {
     }
 }
 
-impl BlobUpload {
-    fn spool(&self) -> Result<&SpoolFile> {
-        self.spool
-            .as_ref()
-            .ok_or_else(|| Error::provider("upload already committed"))
-    }
-}
-
 #[async_trait]
-impl Upload for BlobUpload {
-    fn size(&self) -> u64 {
-        self.spool.as_ref().map_or(0, SpoolFile::size)
-    }
-
-    fn backing_file(&self) -> Option<Arc<std::fs::File>> {
-        self.spool.as_ref().map(SpoolFile::file)
-    }
-
-    async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
-        self.spool()?.write_at(offset, data).await
-    }
-
-    async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        self.spool()?.read_at(offset, len).await
-    }
-
-    async fn set_len(&mut self, len: u64) -> Result<()> {
-        self.spool()?.set_len(len).await
-    }
-
-    async fn commit(mut self: Box<Self>, name: &str) -> Result<ObjectInfo> {
-        let spool = self
-            .spool
-            .take()
-            .ok_or_else(|| Error::provider("upload already committed"))?;
+impl Committer for BlobCommit {
+    async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<ObjectInfo> {
         let path = ObjectPath::from(format!("{}{name}", self.prefix));
         let what = format!("{}/{name}", self.container);
         let size = spool.size();
@@ -375,12 +342,9 @@ impl Upload for BlobUpload {
         })
     }
 
-    async fn abort(mut self: Box<Self>) {
+    async fn abort(&mut self) {
         if let Some((streamer, _)) = self.streamer.take() {
             streamer.abort().await;
-        }
-        if let Some(spool) = self.spool.take() {
-            spool.remove().await;
         }
     }
 }

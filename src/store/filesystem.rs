@@ -2,7 +2,7 @@
 //! hidden temporary file in the bucket directory, renamed into place on
 //! commit, so a crash or a rejected archive never leaves a partial file.
 
-use super::spool::{SpoolFile, read_full_at};
+use super::spool::{Committer, SpoolFile, SpooledUpload, read_full_at};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload, blocking};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
@@ -105,11 +105,11 @@ impl ProjectStore for FilesystemStore {
     async fn begin_upload(&self, bucket: &str, _name: &str) -> Result<Box<dyn Upload>> {
         let dir = self.root.join(bucket);
         let spool = SpoolFile::create(&dir).await?;
-        Ok(Box::new(FileUpload {
-            spool: Some(spool),
+        let committer = RenameInto {
             dir,
             sync: self.sync,
-        }))
+        };
+        Ok(Box::new(SpooledUpload::new(spool, committer)))
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<()> {
@@ -146,55 +146,16 @@ impl ObjectReader for FileReader {
     }
 }
 
-/// A spool file in the bucket directory: committing is a rename.
-struct FileUpload {
-    spool: Option<SpoolFile>,
+/// Commits a spool file in the bucket directory by renaming it.
+struct RenameInto {
     dir: PathBuf,
     sync: bool,
 }
 
-impl FileUpload {
-    fn spool(&self) -> Result<&SpoolFile> {
-        self.spool
-            .as_ref()
-            .ok_or_else(|| Error::provider("upload already committed"))
-    }
-}
-
 #[async_trait]
-impl Upload for FileUpload {
-    fn size(&self) -> u64 {
-        self.spool.as_ref().map_or(0, SpoolFile::size)
-    }
-
-    fn backing_file(&self) -> Option<Arc<File>> {
-        self.spool.as_ref().map(SpoolFile::file)
-    }
-
-    async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
-        self.spool()?.write_at(offset, data).await
-    }
-
-    async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        self.spool()?.read_at(offset, len).await
-    }
-
-    async fn set_len(&mut self, len: u64) -> Result<()> {
-        self.spool()?.set_len(len).await
-    }
-
-    async fn commit(mut self: Box<Self>, name: &str) -> Result<ObjectInfo> {
-        let spool = self
-            .spool
-            .take()
-            .ok_or_else(|| Error::provider("upload already committed"))?;
+impl Committer for RenameInto {
+    async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<ObjectInfo> {
         let metadata = spool.rename_into(self.dir.join(name), self.sync).await?;
         Ok(info_of(&metadata))
-    }
-
-    async fn abort(mut self: Box<Self>) {
-        if let Some(spool) = self.spool.take() {
-            spool.remove().await;
-        }
     }
 }

@@ -15,7 +15,7 @@
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
 use super::part_streamer::{PartSink, PartSinks, PartStreamer, send_rest};
-use super::spool::SpoolFile;
+use super::spool::{Committer, SpoolFile, SpooledUpload};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
@@ -238,14 +238,14 @@ impl ProjectStore for S3Store {
             let streamer = PartStreamer::start(Arc::new(parts), spool.file(), self.part_size);
             (streamer, self.key(name))
         });
-        Ok(Box::new(S3Upload {
-            spool: Some(spool),
+        let committer = S3Commit {
             client: self.client.clone(),
             bucket: bucket.to_string(),
             prefix: self.prefix.clone(),
             part_size: self.part_size,
             streamer,
-        }))
+        };
+        Ok(Box::new(SpooledUpload::new(spool, committer)))
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<()> {
@@ -352,8 +352,7 @@ impl RangeSource for S3Object {
     }
 }
 
-struct S3Upload {
-    spool: Option<SpoolFile>,
+struct S3Commit {
     client: Client,
     bucket: String,
     prefix: String,
@@ -460,41 +459,9 @@ impl PartSink for S3PartSink {
     }
 }
 
-impl S3Upload {
-    fn spool(&self) -> Result<&SpoolFile> {
-        self.spool
-            .as_ref()
-            .ok_or_else(|| Error::provider("upload already committed"))
-    }
-}
-
 #[async_trait]
-impl Upload for S3Upload {
-    fn size(&self) -> u64 {
-        self.spool.as_ref().map_or(0, SpoolFile::size)
-    }
-
-    fn backing_file(&self) -> Option<Arc<std::fs::File>> {
-        self.spool.as_ref().map(SpoolFile::file)
-    }
-
-    async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
-        self.spool()?.write_at(offset, data).await
-    }
-
-    async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        self.spool()?.read_at(offset, len).await
-    }
-
-    async fn set_len(&mut self, len: u64) -> Result<()> {
-        self.spool()?.set_len(len).await
-    }
-
-    async fn commit(mut self: Box<Self>, name: &str) -> Result<ObjectInfo> {
-        let spool = self
-            .spool
-            .take()
-            .ok_or_else(|| Error::provider("upload already committed"))?;
+impl Committer for S3Commit {
+    async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<ObjectInfo> {
         let key = format!("{}{name}", self.prefix);
         let size = spool.size();
         let streamed = match self.streamer.take() {
@@ -508,9 +475,7 @@ impl Upload for S3Upload {
             None => false,
         };
         if !streamed && size <= self.part_size {
-            let file = spool.file();
-            let bytes =
-                super::blocking(move || super::spool::read_full_at(&file, 0, size as u32)).await?;
+            let bytes = spool.read_at(0, size as u32).await?;
             self.client
                 .put_object()
                 .bucket(&self.bucket)
@@ -534,12 +499,9 @@ impl Upload for S3Upload {
         })
     }
 
-    async fn abort(mut self: Box<Self>) {
+    async fn abort(&mut self) {
         if let Some((streamer, _)) = self.streamer.take() {
             streamer.abort().await;
-        }
-        if let Some(spool) = self.spool.take() {
-            spool.remove().await;
         }
     }
 }

@@ -152,3 +152,71 @@ pub fn read_full_at(file: &File, offset: u64, len: u32) -> Result<Vec<u8>> {
     buf.truncate(filled);
     Ok(buf)
 }
+
+/// How a store turns a finished spool into its object.
+#[async_trait::async_trait]
+pub trait Committer: Send + Sync {
+    /// Stores `spool` as `name`; the spool is the committer's to remove.
+    async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<super::ObjectInfo>;
+    /// Undoes anything begun early (parts sent while writing).
+    async fn abort(&mut self) {}
+}
+
+/// An upload held in a spool file until a store's `Committer` stores it.
+pub struct SpooledUpload<C> {
+    spool: Option<SpoolFile>,
+    committer: C,
+}
+
+impl<C: Committer> SpooledUpload<C> {
+    pub fn new(spool: SpoolFile, committer: C) -> Self {
+        SpooledUpload {
+            spool: Some(spool),
+            committer,
+        }
+    }
+
+    fn spool(&self) -> Result<&SpoolFile> {
+        self.spool
+            .as_ref()
+            .ok_or_else(|| Error::provider("upload already committed"))
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: Committer> super::Upload for SpooledUpload<C> {
+    fn size(&self) -> u64 {
+        self.spool.as_ref().map_or(0, SpoolFile::size)
+    }
+
+    fn backing_file(&self) -> Option<Arc<File>> {
+        self.spool.as_ref().map(SpoolFile::file)
+    }
+
+    async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
+        self.spool()?.write_at(offset, data).await
+    }
+
+    async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.spool()?.read_at(offset, len).await
+    }
+
+    async fn set_len(&mut self, len: u64) -> Result<()> {
+        self.spool()?.set_len(len).await
+    }
+
+    async fn commit(mut self: Box<Self>, name: &str) -> Result<super::ObjectInfo> {
+        let spool = self
+            .spool
+            .take()
+            .ok_or_else(|| Error::provider("upload already committed"))?;
+        self.committer.commit(spool, name).await
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.committer.abort().await;
+        if let Some(spool) = self.spool.take() {
+            spool.remove().await;
+        }
+    }
+}
