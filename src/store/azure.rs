@@ -186,7 +186,7 @@ impl ProjectStore for AzureStore {
                 path: self.path(name),
                 what: format!("{container}/{name}"),
             };
-            let streamer = PartStreamer::start(Arc::new(blocks), spool.file(), PART_SIZE);
+            let streamer = PartStreamer::start(Arc::new(blocks), spool.spooled(), PART_SIZE);
             (streamer, self.path(name))
         });
         let committer = BlobCommit {
@@ -333,7 +333,7 @@ impl Committer for BlobCommit {
                 path,
                 what,
             };
-            send_rest(blocks.start().await?, &spool.file(), 0, size, PART_SIZE).await?;
+            send_rest(blocks.start().await?, &spool.spooled(), 0, size, PART_SIZE).await?;
         }
         spool.remove().await;
         Ok(ObjectInfo {

@@ -26,6 +26,13 @@ const POLL: Duration = Duration::from_millis(50);
 pub trait PartSink: Send {
     /// Sends the next part; parts are numbered in the order they are sent.
     async fn send(&mut self, part: Bytes) -> Result<()>;
+    /// Sends `length` bytes of the spool at `offset` as the next part. By
+    /// default they are read into memory first; a client that streams from
+    /// a file does better.
+    async fn send_from(&mut self, spool: &Spooled, offset: u64, length: u64) -> Result<()> {
+        let part = read_part(&spool.file, offset, length).await?;
+        self.send(part).await
+    }
     async fn complete(&mut self) -> Result<()>;
     async fn abort(&mut self);
 }
@@ -36,11 +43,19 @@ pub trait PartSinks: Send + Sync {
     async fn start(&self) -> Result<Box<dyn PartSink>>;
 }
 
-/// Sends `file[offset..size]` in parts of `part_size` through `sink`,
+/// The spool file being sent: open, and by path for clients that stream
+/// from a path.
+#[derive(Clone)]
+pub struct Spooled {
+    pub file: Arc<File>,
+    pub path: std::path::PathBuf,
+}
+
+/// Sends `spool[offset..size]` in parts of `part_size` through `sink`,
 /// completes it, and aborts it on any failure.
 pub async fn send_rest(
     mut sink: Box<dyn PartSink>,
-    file: &Arc<File>,
+    spool: &Spooled,
     mut offset: u64,
     size: u64,
     part_size: u64,
@@ -48,8 +63,7 @@ pub async fn send_rest(
     let sent = async {
         while offset < size {
             let length = part_size.min(size - offset);
-            let part = read_part(file, offset, length).await?;
-            sink.send(part).await?;
+            sink.send_from(spool, offset, length).await?;
             offset += length;
         }
         sink.complete().await
@@ -81,18 +95,23 @@ struct Sent {
 pub struct PartStreamer {
     stop: Arc<AtomicBool>,
     task: Option<JoinHandle<(Sent, Result<()>)>>,
-    file: Arc<File>,
+    spool: Spooled,
     part_size: u64,
 }
 
 impl PartStreamer {
-    pub fn start(sinks: Arc<dyn PartSinks>, file: Arc<File>, part_size: u64) -> PartStreamer {
+    pub fn start(sinks: Arc<dyn PartSinks>, spool: Spooled, part_size: u64) -> PartStreamer {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(Self::run(sinks, file.clone(), part_size, stop.clone()));
+        let task = tokio::spawn(Self::run(
+            sinks,
+            spool.file.clone(),
+            part_size,
+            stop.clone(),
+        ));
         PartStreamer {
             stop,
             task: Some(task),
-            file,
+            spool,
             part_size,
         }
     }
@@ -150,7 +169,12 @@ impl PartStreamer {
             return Ok(false);
         }
         for (index, fingerprint) in fingerprints.iter().enumerate() {
-            let part = read_part(&self.file, index as u64 * self.part_size, self.part_size).await?;
+            let part = read_part(
+                &self.spool.file,
+                index as u64 * self.part_size,
+                self.part_size,
+            )
+            .await?;
             if crc32fast::hash(&part) != *fingerprint {
                 return Ok(false);
             }
@@ -174,7 +198,7 @@ impl PartStreamer {
             sink.abort().await;
             return Ok(false);
         }
-        send_rest(sink, &self.file, sent.bytes, size, self.part_size).await?;
+        send_rest(sink, &self.spool, sent.bytes, size, self.part_size).await?;
         Ok(true)
     }
 
@@ -254,7 +278,11 @@ mod tests {
         let mut writer = File::create(&path).unwrap();
         let file = Arc::new(File::open(&path).unwrap());
         let log = Arc::new(Mutex::new(Log::default()));
-        let streamer = PartStreamer::start(Arc::new(Sinks(log.clone())), file.clone(), 4);
+        let spooled = Spooled {
+            file: file.clone(),
+            path: path.clone(),
+        };
+        let streamer = PartStreamer::start(Arc::new(Sinks(log.clone())), spooled.clone(), 4);
         writer.write_all(b"abcdefghij").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while log.lock().unwrap().parts.len() < 2 {
@@ -270,7 +298,7 @@ mod tests {
 
         // A write back into a sent part: the streamed upload is dropped.
         let log = Arc::new(Mutex::new(Log::default()));
-        let streamer = PartStreamer::start(Arc::new(Sinks(log.clone())), file.clone(), 4);
+        let streamer = PartStreamer::start(Arc::new(Sinks(log.clone())), spooled, 4);
         while log.lock().unwrap().parts.len() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

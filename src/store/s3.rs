@@ -14,7 +14,7 @@
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
-use super::part_streamer::{PartSink, PartSinks, PartStreamer, send_rest};
+use super::part_streamer::{PartSink, PartSinks, PartStreamer, Spooled, send_rest};
 use super::spool::{Committer, SpoolFile, SpooledUpload};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
@@ -235,7 +235,7 @@ impl ProjectStore for S3Store {
                 bucket: bucket.to_string(),
                 key: self.key(name),
             };
-            let streamer = PartStreamer::start(Arc::new(parts), spool.file(), self.part_size);
+            let streamer = PartStreamer::start(Arc::new(parts), spool.spooled(), self.part_size);
             (streamer, self.key(name))
         });
         let committer = S3Commit {
@@ -406,9 +406,8 @@ struct S3PartSink {
     parts: Vec<CompletedPart>,
 }
 
-#[async_trait]
-impl PartSink for S3PartSink {
-    async fn send(&mut self, part: bytes::Bytes) -> Result<()> {
+impl S3PartSink {
+    async fn send_body(&mut self, body: ByteStream) -> Result<()> {
         let number = self.parts.len() as i32 + 1;
         let sent = self
             .client
@@ -417,7 +416,7 @@ impl PartSink for S3PartSink {
             .key(&self.key)
             .upload_id(&self.upload_id)
             .part_number(number)
-            .body(ByteStream::from(part))
+            .body(body)
             .send()
             .await
             .map_err(|e| s3_error("UploadPart", &self.what, e))?;
@@ -428,6 +427,25 @@ impl PartSink for S3PartSink {
                 .build(),
         );
         Ok(())
+    }
+}
+
+#[async_trait]
+impl PartSink for S3PartSink {
+    async fn send(&mut self, part: bytes::Bytes) -> Result<()> {
+        self.send_body(ByteStream::from(part)).await
+    }
+
+    /// Streams the part from the spool file: no copy in memory.
+    async fn send_from(&mut self, spool: &Spooled, offset: u64, length: u64) -> Result<()> {
+        let body = ByteStream::read_from()
+            .path(&spool.path)
+            .offset(offset)
+            .length(aws_sdk_s3::primitives::Length::Exact(length))
+            .build()
+            .await
+            .map_err(|e| Error::provider(format!("reading the upload spool: {e}")))?;
+        self.send_body(body).await
     }
 
     async fn complete(&mut self) -> Result<()> {
@@ -490,7 +508,14 @@ impl Committer for S3Commit {
                 bucket: self.bucket.clone(),
                 key,
             };
-            send_rest(parts.start().await?, &spool.file(), 0, size, self.part_size).await?;
+            send_rest(
+                parts.start().await?,
+                &spool.spooled(),
+                0,
+                size,
+                self.part_size,
+            )
+            .await?;
         }
         spool.remove().await;
         Ok(ObjectInfo {

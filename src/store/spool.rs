@@ -62,6 +62,14 @@ impl SpoolFile {
         self.file.clone()
     }
 
+    /// The file, open and by path, for sending it.
+    pub fn spooled(&self) -> super::part_streamer::Spooled {
+        super::part_streamer::Spooled {
+            file: self.file.clone(),
+            path: self.path.clone().unwrap_or_default(),
+        }
+    }
+
     /// Asked of the file: the kernel may write it without us.
     pub fn size(&self) -> u64 {
         self.file.metadata().map(|m| m.len()).unwrap_or(0)
