@@ -168,31 +168,31 @@ impl ProjectStore for S3Store {
         Ok(objects)
     }
 
+    /// A one-key listing rather than a HEAD: the same answer, and some
+    /// S3-compatibles (s3s-fs) read the whole object to answer a HEAD.
     async fn stat(&self, bucket: &str, name: &str) -> Result<Option<ObjectInfo>> {
         if !crate::upload::is_archive_name(name) {
             return Ok(None);
         }
         let key = self.key(name);
-        match self
+        let listed = self
             .client
-            .head_object()
+            .list_objects_v2()
             .bucket(bucket)
-            .key(&key)
+            .prefix(&key)
+            .max_keys(1)
             .send()
             .await
-        {
-            Ok(head) => Ok(Some(ObjectInfo {
-                size: head.content_length().unwrap_or(0).max(0) as u64,
-                modified: modified(head.last_modified()),
-            })),
-            Err(e) => {
-                let error = s3_error("HeadObject", &format!("s3://{bucket}/{key}"), e);
-                match error.kind() {
-                    ErrorKind::NotFound => Ok(None),
-                    _ => Err(error),
-                }
-            }
-        }
+            .map_err(|e| s3_error("ListObjectsV2", &format!("s3://{bucket}/{key}"), e))?;
+        // The key itself sorts first among the keys it prefixes.
+        Ok(listed
+            .contents()
+            .first()
+            .filter(|object| object.key() == Some(key.as_str()))
+            .map(|object| ObjectInfo {
+                size: object.size().unwrap_or(0).max(0) as u64,
+                modified: modified(object.last_modified()),
+            }))
     }
 
     /// Starts the first GET at once and learns the size from it: a HEAD
