@@ -392,10 +392,16 @@ impl PartSinks for S3Parts {
             key: self.key.clone(),
             what,
             upload_id,
-            parts: Vec::new(),
+            sent: Vec::new(),
+            in_flight: tokio::task::JoinSet::new(),
+            next_number: 1,
         }))
     }
 }
+
+/// Parts in flight at once: one request leaves the link idle while the
+/// next part is prepared and while each response comes back.
+const PARTS_IN_FLIGHT: usize = 2;
 
 struct S3PartSink {
     client: Client,
@@ -403,29 +409,45 @@ struct S3PartSink {
     key: String,
     what: String,
     upload_id: String,
-    parts: Vec<CompletedPart>,
+    sent: Vec<CompletedPart>,
+    in_flight: tokio::task::JoinSet<Result<CompletedPart>>,
+    next_number: i32,
 }
 
 impl S3PartSink {
     async fn send_body(&mut self, body: ByteStream) -> Result<()> {
-        let number = self.parts.len() as i32 + 1;
-        let sent = self
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.collect_one().await?;
+        }
+        let number = self.next_number;
+        self.next_number += 1;
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
             .part_number(number)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| s3_error("UploadPart", &self.what, e))?;
-        self.parts.push(
-            CompletedPart::builder()
+            .body(body);
+        let what = self.what.clone();
+        self.in_flight.spawn(async move {
+            let sent = request
+                .send()
+                .await
+                .map_err(|e| s3_error("UploadPart", &what, e))?;
+            Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(sent.e_tag().map(str::to_string))
-                .build(),
-        );
+                .build())
+        });
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<()> {
+        if let Some(done) = self.in_flight.join_next().await {
+            let part = done.map_err(|e| Error::provider(format!("UploadPart task: {e}")))??;
+            self.sent.push(part);
+        }
         Ok(())
     }
 }
@@ -449,8 +471,13 @@ impl PartSink for S3PartSink {
     }
 
     async fn complete(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        let mut sent = std::mem::take(&mut self.sent);
+        sent.sort_by_key(|part| part.part_number());
         let parts = CompletedMultipartUpload::builder()
-            .set_parts(Some(std::mem::take(&mut self.parts)))
+            .set_parts(Some(sent))
             .build();
         self.client
             .complete_multipart_upload()
@@ -466,6 +493,8 @@ impl PartSink for S3PartSink {
 
     /// No orphaned parts: a failed upload leaves nothing behind.
     async fn abort(&mut self) {
+        self.in_flight.abort_all();
+        while self.in_flight.join_next().await.is_some() {}
         let _ = self
             .client
             .abort_multipart_upload()
