@@ -6,8 +6,8 @@
 //! the block list committed after its check (one PUT when small), aborted
 //! on failure.
 
-use super::part_streamer::{PartSink, PartSinks, PartStreamer, send_rest};
-use super::spool::{Committer, SpoolFile, SpooledUpload};
+use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
+use super::spool::{SpoolFile, SpooledUpload};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
@@ -177,24 +177,12 @@ impl ProjectStore for AzureStore {
 
     async fn begin_upload(&self, container: &str, name: &str) -> Result<Box<dyn Upload>> {
         let spool = SpoolFile::create(&self.spool_dir).await?;
-        let store = self.container(container)?.clone();
-        // An archive keeps its name: its full blocks go up while it is
-        // being written. A staging file waits for its rename.
-        let streamer = crate::upload::is_archive_name(name).then(|| {
-            let blocks = BlobBlocks {
-                store: store.clone(),
-                path: self.path(name),
-                what: format!("{container}/{name}"),
-            };
-            let streamer = PartStreamer::start(Arc::new(blocks), spool.spooled(), PART_SIZE);
-            (streamer, self.path(name))
-        });
-        let committer = BlobCommit {
-            store,
-            container: container.to_string(),
+        let target = Container {
+            store: self.container(container)?.clone(),
+            name: container.to_string(),
             prefix: self.prefix.clone(),
-            streamer,
         };
+        let committer = StreamingCommit::begin(target, &spool, name);
         Ok(Box::new(SpooledUpload::new(spool, committer)))
     }
 
@@ -248,12 +236,38 @@ impl RangeSource for Blob {
     }
 }
 
-struct BlobCommit {
+/// One container, as the part streamer sees it.
+struct Container {
     store: Arc<dyn ObjectStore>,
-    container: String,
+    name: String,
     prefix: String,
-    /// Blocks sent while writing, and the blob they go to.
-    streamer: Option<(PartStreamer, ObjectPath)>,
+}
+
+#[async_trait]
+impl PartTarget for Container {
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn part_size(&self) -> u64 {
+        PART_SIZE
+    }
+
+    fn sinks(&self, key: &str) -> Arc<dyn PartSinks> {
+        Arc::new(BlobBlocks {
+            store: self.store.clone(),
+            path: ObjectPath::from(key),
+            what: format!("{}/{key}", self.name),
+        })
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put(&ObjectPath::from(key), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| azure_error("PUT", &format!("{}/{key}", self.name), e))
+    }
 }
 
 /// Block-list uploads to one blob.
@@ -302,50 +316,6 @@ impl PartSink for BlockSink {
 
     async fn abort(&mut self) {
         let _ = self.upload.abort().await;
-    }
-}
-
-#[async_trait]
-impl Committer for BlobCommit {
-    async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<ObjectInfo> {
-        let path = ObjectPath::from(format!("{}{name}", self.prefix));
-        let what = format!("{}/{name}", self.container);
-        let size = spool.size();
-        let streamed = match self.streamer.take() {
-            Some((streamer, streamed_path)) if streamed_path == path => {
-                streamer.complete(size).await?
-            }
-            Some((streamer, _)) => {
-                streamer.abort().await;
-                false
-            }
-            None => false,
-        };
-        if !streamed && size <= PART_SIZE {
-            let bytes = spool.read_at(0, size as u32).await?;
-            self.store
-                .put(&path, PutPayload::from(bytes))
-                .await
-                .map_err(|e| azure_error("PUT", &what, e))?;
-        } else if !streamed {
-            let blocks = BlobBlocks {
-                store: self.store.clone(),
-                path,
-                what,
-            };
-            send_rest(blocks.start().await?, &spool.spooled(), 0, size, PART_SIZE).await?;
-        }
-        spool.remove().await;
-        Ok(ObjectInfo {
-            size,
-            modified: SystemTime::now(),
-        })
-    }
-
-    async fn abort(&mut self) {
-        if let Some((streamer, _)) = self.streamer.take() {
-            streamer.abort().await;
-        }
     }
 }
 

@@ -8,8 +8,9 @@
 //! store uploads from the spool instead; nothing is visible at the key
 //! before completion.
 
+use super::ObjectInfo;
 use super::blocking;
-use super::spool::read_full_at;
+use super::spool::{Committer, SpoolFile, read_full_at};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -223,6 +224,77 @@ impl Drop for PartStreamer {
                     sink.abort().await;
                 }
             });
+        }
+    }
+}
+
+/// A bucket or container that takes multipart uploads.
+#[async_trait]
+pub trait PartTarget: Send + Sync {
+    /// The object key of archive `name`.
+    fn key(&self, name: &str) -> String;
+    fn part_size(&self) -> u64;
+    /// Multipart uploads to `key`.
+    fn sinks(&self, key: &str) -> Arc<dyn PartSinks>;
+    /// Stores a small object in one request.
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()>;
+}
+
+/// Commits a spool to an object store: the upload streamed while writing
+/// if it is still good, else one PUT when small, else a multipart upload.
+pub struct StreamingCommit<T> {
+    target: T,
+    /// Parts sent while writing, and the key they go to.
+    streamer: Option<(PartStreamer, String)>,
+}
+
+impl<T: PartTarget> StreamingCommit<T> {
+    /// An archive keeps its name, so its full parts go up while it is
+    /// being written; a staging file waits for its rename.
+    pub fn begin(target: T, spool: &SpoolFile, name: &str) -> Self {
+        let streamer = crate::upload::is_archive_name(name).then(|| {
+            let key = target.key(name);
+            let streamer =
+                PartStreamer::start(target.sinks(&key), spool.spooled(), target.part_size());
+            (streamer, key)
+        });
+        StreamingCommit { target, streamer }
+    }
+}
+
+#[async_trait]
+impl<T: PartTarget> Committer for StreamingCommit<T> {
+    async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<ObjectInfo> {
+        let key = self.target.key(name);
+        let size = spool.size();
+        let streamed = match self.streamer.take() {
+            Some((streamer, streamed_key)) if streamed_key == key => {
+                streamer.complete(size).await?
+            }
+            Some((streamer, _)) => {
+                streamer.abort().await;
+                false
+            }
+            None => false,
+        };
+        let part_size = self.target.part_size();
+        if !streamed && size <= part_size {
+            let bytes = spool.read_at(0, size as u32).await?;
+            self.target.put(&key, bytes).await?;
+        } else if !streamed {
+            let sink = self.target.sinks(&key).start().await?;
+            send_rest(sink, &spool.spooled(), 0, size, part_size).await?;
+        }
+        spool.remove().await;
+        Ok(ObjectInfo {
+            size,
+            modified: std::time::SystemTime::now(),
+        })
+    }
+
+    async fn abort(&mut self) {
+        if let Some((streamer, _)) = self.streamer.take() {
+            streamer.abort().await;
         }
     }
 }

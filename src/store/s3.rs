@@ -14,8 +14,8 @@
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
-use super::part_streamer::{PartSink, PartSinks, PartStreamer, Spooled, send_rest};
-use super::spool::{Committer, SpoolFile, SpooledUpload};
+use super::part_streamer::{PartSink, PartSinks, PartTarget, Spooled, StreamingCommit};
+use super::spool::{SpoolFile, SpooledUpload};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
@@ -227,24 +227,13 @@ impl ProjectStore for S3Store {
 
     async fn begin_upload(&self, bucket: &str, name: &str) -> Result<Box<dyn Upload>> {
         let spool = SpoolFile::create(&self.spool_dir).await?;
-        // An archive keeps its name: its full parts go up while it is
-        // being written. A staging file waits for its rename.
-        let streamer = crate::upload::is_archive_name(name).then(|| {
-            let parts = S3Parts {
-                client: self.client.clone(),
-                bucket: bucket.to_string(),
-                key: self.key(name),
-            };
-            let streamer = PartStreamer::start(Arc::new(parts), spool.spooled(), self.part_size);
-            (streamer, self.key(name))
-        });
-        let committer = S3Commit {
+        let target = S3Bucket {
             client: self.client.clone(),
             bucket: bucket.to_string(),
             prefix: self.prefix.clone(),
             part_size: self.part_size,
-            streamer,
         };
+        let committer = StreamingCommit::begin(target, &spool, name);
         Ok(Box::new(SpooledUpload::new(spool, committer)))
     }
 
@@ -352,13 +341,43 @@ impl RangeSource for S3Object {
     }
 }
 
-struct S3Commit {
+/// One bucket, as the part streamer sees it.
+struct S3Bucket {
     client: Client,
     bucket: String,
     prefix: String,
     part_size: u64,
-    /// Parts sent while writing, and the key they go to.
-    streamer: Option<(PartStreamer, String)>,
+}
+
+#[async_trait]
+impl PartTarget for S3Bucket {
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn part_size(&self) -> u64 {
+        self.part_size
+    }
+
+    fn sinks(&self, key: &str) -> Arc<dyn PartSinks> {
+        Arc::new(S3Parts {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+        })
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| s3_error("PutObject", &format!("s3://{}/{key}", self.bucket), e))?;
+        Ok(())
+    }
 }
 
 /// Multipart uploads to one key.
@@ -503,60 +522,6 @@ impl PartSink for S3PartSink {
             .upload_id(&self.upload_id)
             .send()
             .await;
-    }
-}
-
-#[async_trait]
-impl Committer for S3Commit {
-    async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<ObjectInfo> {
-        let key = format!("{}{name}", self.prefix);
-        let size = spool.size();
-        let streamed = match self.streamer.take() {
-            Some((streamer, streamed_key)) if streamed_key == key => {
-                streamer.complete(size).await?
-            }
-            Some((streamer, _)) => {
-                streamer.abort().await;
-                false
-            }
-            None => false,
-        };
-        if !streamed && size <= self.part_size {
-            let bytes = spool.read_at(0, size as u32).await?;
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .body(ByteStream::from(bytes))
-                .send()
-                .await
-                .map_err(|e| s3_error("PutObject", &format!("s3://{}/{key}", self.bucket), e))?;
-        } else if !streamed {
-            let parts = S3Parts {
-                client: self.client.clone(),
-                bucket: self.bucket.clone(),
-                key,
-            };
-            send_rest(
-                parts.start().await?,
-                &spool.spooled(),
-                0,
-                size,
-                self.part_size,
-            )
-            .await?;
-        }
-        spool.remove().await;
-        Ok(ObjectInfo {
-            size,
-            modified: SystemTime::now(),
-        })
-    }
-
-    async fn abort(&mut self) {
-        if let Some((streamer, _)) = self.streamer.take() {
-            streamer.abort().await;
-        }
     }
 }
 
