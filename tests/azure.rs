@@ -117,14 +117,10 @@ fn bad_archives_renames_and_deletes() {
     let setup = start();
     let good = make_zip(&setup.src, "good.zip", 10_000);
     let target = setup.mounted("p.zip");
-    assert!(
-        run("cp", &[&good.to_string_lossy(), &target.to_string_lossy()])
-            .status
-            .success()
-    );
+    assert!(cp(&good, &target).status.success());
     let junk = setup.src.join("junk");
     fs::write(&junk, vec![b'j'; 5000]).unwrap();
-    let out = run("cp", &[&junk.to_string_lossy(), &target.to_string_lossy()]);
+    let out = cp(&junk, &target);
     assert!(
         stderr(&out).contains("Invalid argument"),
         "{}",
@@ -162,17 +158,7 @@ fn a_wrong_key_is_eacces() {
 fn the_service_down_gives_eio_and_recovers() {
     let mut setup = start();
     let zip = make_zip(&setup.src, "z.zip", 50_000);
-    assert!(
-        run(
-            "cp",
-            &[
-                &zip.to_string_lossy(),
-                &setup.mounted("z.zip").to_string_lossy()
-            ]
-        )
-        .status
-        .success()
-    );
+    assert!(cp(&zip, &setup.mounted("z.zip")).status.success());
     setup.azurite.stop();
     let out = run(
         "cat",
@@ -186,13 +172,7 @@ fn the_service_down_gives_eio_and_recovers() {
         "{}",
         stderr(&out)
     );
-    let out = run(
-        "cp",
-        &[
-            &zip.to_string_lossy(),
-            &setup.mounted("new.zip").to_string_lossy(),
-        ],
-    );
+    let out = cp(&zip, &setup.mounted("new.zip"));
     assert!(
         !out.status.success(),
         "an upload with the service down fails"
@@ -201,9 +181,7 @@ fn the_service_down_gives_eio_and_recovers() {
     setup.azurite.create_containers(&[CONTAINER]);
     let mounted = setup.mounted("again.zip");
     wait_for("uploads to work again", Duration::from_secs(30), || {
-        run("cp", &[&zip.to_string_lossy(), &mounted.to_string_lossy()])
-            .status
-            .success()
+        cp(&zip, &mounted).status.success()
     });
     assert_eq!(sha256(&mounted), sha256(&zip), "and reads");
 }
@@ -215,26 +193,14 @@ fn sixteen_concurrent_uploads_and_downloads_stay_intact() {
         .map(|i| make_zip(&setup.src, &format!("c{i}.zip"), 500_000 + i * 1000))
         .collect();
     for (i, zip) in archives.iter().enumerate() {
-        let out = run(
-            "cp",
-            &[
-                &zip.to_string_lossy(),
-                &setup.mounted(&format!("down-{i}.zip")).to_string_lossy(),
-            ],
-        );
+        let out = cp(zip, &setup.mounted(&format!("down-{i}.zip")));
         assert!(out.status.success());
     }
     std::thread::scope(|scope| {
         for (i, zip) in archives.iter().enumerate() {
             let setup = &setup;
             scope.spawn(move || {
-                let out = run(
-                    "cp",
-                    &[
-                        &zip.to_string_lossy(),
-                        &setup.mounted(&format!("up-{i}.zip")).to_string_lossy(),
-                    ],
-                );
+                let out = cp(zip, &setup.mounted(&format!("up-{i}.zip")));
                 assert!(out.status.success(), "upload {i}: {}", stderr(&out));
             });
             scope.spawn(move || {

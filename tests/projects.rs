@@ -86,7 +86,7 @@ fn cp_uploads_and_every_reader_gets_the_same_bytes() {
     let (daemon, src) = start();
     let zip = make_zip(&src, "build.zip", 700_000);
     let target = daemon.path("projects/b/p1.zip");
-    let out = run("cp", &[&zip.to_string_lossy(), &target.to_string_lossy()]);
+    let out = cp(&zip, &target);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stored(&daemon), ["p1.zip"], "no temporary file is left");
     assert_eq!(sha256(&daemon.store().join("b/p1.zip")), sha256(&zip));
@@ -94,11 +94,7 @@ fn cp_uploads_and_every_reader_gets_the_same_bytes() {
     let cat = run("cat", &[&target.to_string_lossy()]);
     assert_eq!(cat.stdout, fs::read(&zip).unwrap());
     let copy = src.join("back.zip");
-    assert!(
-        run("cp", &[&target.to_string_lossy(), &copy.to_string_lossy()])
-            .status
-            .success()
-    );
+    assert!(cp(&target, &copy).status.success());
     assert_eq!(sha256(&copy), sha256(&zip));
     let unzip = run("unzip", &["-t", &target.to_string_lossy()]);
     assert!(
@@ -123,36 +119,23 @@ fn bad_archives_fail_at_close_and_keep_the_old_one() {
     let (daemon, src) = start();
     let good = make_zip(&src, "good.zip", 50_000);
     let target = daemon.path("projects/b/p.zip");
-    assert!(
-        run("cp", &[&good.to_string_lossy(), &target.to_string_lossy()])
-            .status
-            .success()
-    );
+    assert!(cp(&good, &target).status.success());
     let before = sha256(&target);
 
     let not_zip = src.join("not.zip");
     fs::write(&not_zip, vec![b'x'; 10_000]).unwrap();
-    let out = run(
-        "cp",
-        &[&not_zip.to_string_lossy(), &target.to_string_lossy()],
-    );
+    let out = cp(&not_zip, &target);
     assert_fails(&out, "failed to close");
     assert_fails(&out, "Invalid argument");
 
     let truncated = src.join("truncated.zip");
     let bytes = fs::read(&good).unwrap();
     fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
-    let out = run(
-        "cp",
-        &[&truncated.to_string_lossy(), &target.to_string_lossy()],
-    );
+    let out = cp(&truncated, &target);
     assert_fails(&out, "Invalid argument");
 
     let fresh = daemon.path("projects/b/fresh.zip");
-    let out = run(
-        "cp",
-        &[&not_zip.to_string_lossy(), &fresh.to_string_lossy()],
-    );
+    let out = cp(&not_zip, &fresh);
     assert_fails(&out, "Invalid argument");
 
     assert_eq!(sha256(&target), before, "the old archive is intact");
@@ -168,13 +151,7 @@ fn bad_archives_fail_at_close_and_keep_the_old_one() {
 fn archives_over_max_object_size_fail_with_efbig() {
     let (daemon, src) = start();
     let big = make_zip(&src, "big.zip", 3 << 20);
-    let out = run(
-        "cp",
-        &[
-            &big.to_string_lossy(),
-            &daemon.path("projects/b/big.zip").to_string_lossy(),
-        ],
-    );
+    let out = cp(&big, &daemon.path("projects/b/big.zip"));
     assert_fails(&out, "File too large");
     assert!(stored(&daemon).is_empty());
 }
@@ -184,13 +161,7 @@ fn read_only_stores_answer_erofs() {
     let (daemon, src) = start();
     let zip = make_zip(&src, "a.zip", 100);
     fs::copy(&zip, daemon.dir.path().join("frozen/ro/kept.zip")).unwrap();
-    let out = run(
-        "cp",
-        &[
-            &zip.to_string_lossy(),
-            &daemon.path("projects/ro/new.zip").to_string_lossy(),
-        ],
-    );
+    let out = cp(&zip, &daemon.path("projects/ro/new.zip"));
     assert_fails(&out, "Read-only file system");
     let kept = daemon.path("projects/ro/kept.zip");
     assert_eq!(open_errno(&kept, "os.O_WRONLY | os.O_TRUNC"), libc::EROFS);
@@ -300,11 +271,7 @@ fn staging_files_commit_only_by_rename_to_a_checked_archive() {
     let (daemon, src) = start();
     let zip = make_zip(&src, "s.zip", 10_000);
     let staging = daemon.path("projects/b/upload.tmp");
-    assert!(
-        run("cp", &[&zip.to_string_lossy(), &staging.to_string_lossy()])
-            .status
-            .success()
-    );
+    assert!(cp(&zip, &staging).status.success());
     assert!(
         stored(&daemon)
             .iter()
@@ -323,14 +290,7 @@ fn staging_files_commit_only_by_rename_to_a_checked_archive() {
 
     let bad = daemon.path("projects/b/bad.tmp");
     fs::write(src.join("junk"), vec![1u8; 5000]).unwrap();
-    assert!(
-        run(
-            "cp",
-            &[&src.join("junk").to_string_lossy(), &bad.to_string_lossy()]
-        )
-        .status
-        .success()
-    );
+    assert!(cp(&src.join("junk"), &bad).status.success());
     let err = fs::rename(&bad, daemon.path("projects/b/bad.zip")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     assert!(fs::metadata(&bad).is_ok(), "a refused rename loses nothing");
@@ -398,7 +358,7 @@ fn concurrent_readers_and_writers_see_no_error_and_intact_archives() {
                 while std::time::Instant::now() < deadline || rounds == 0 {
                     let (zip, _) = &archives[(writer + rounds) % archives.len()];
                     let target = bucket.join(format!("w{writer}.zip"));
-                    let out = run("cp", &[&zip.to_string_lossy(), &target.to_string_lossy()]);
+                    let out = cp(zip, &target);
                     assert!(out.status.success(), "writer {writer}: {}", stderr(&out));
                     rounds += 1;
                 }
@@ -507,10 +467,7 @@ fn a_replaced_archive_is_never_read_stale() {
     let target = daemon.path("projects/b/same-size.zip");
     for round in 0..20 {
         let source = if round % 2 == 0 { &first } else { &second };
-        let out = run(
-            "cp",
-            &[&source.to_string_lossy(), &target.to_string_lossy()],
-        );
+        let out = cp(source, &target);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(
             fs::read(&target).unwrap(),

@@ -177,14 +177,10 @@ fn bad_archives_and_limits_store_nothing_and_keep_the_old_object() {
     let setup = start_with("max_object_size = \"8MiB\"", None);
     let good = make_zip(&setup.src, "good.zip", 20_000);
     let target = setup.mounted("p.zip");
-    assert!(
-        run("cp", &[&good.to_string_lossy(), &target.to_string_lossy()])
-            .status
-            .success()
-    );
+    assert!(cp(&good, &target).status.success());
     let junk = setup.src.join("junk.zip");
     fs::write(&junk, vec![b'j'; 30_000]).unwrap();
-    let out = run("cp", &[&junk.to_string_lossy(), &target.to_string_lossy()]);
+    let out = cp(&junk, &target);
     assert!(
         stderr(&out).contains("Invalid argument"),
         "{}",
@@ -193,26 +189,14 @@ fn bad_archives_and_limits_store_nothing_and_keep_the_old_object() {
     let bytes = fs::read(&good).unwrap();
     let truncated = setup.src.join("truncated.zip");
     fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let out = run(
-        "cp",
-        &[
-            &truncated.to_string_lossy(),
-            &setup.mounted("t.zip").to_string_lossy(),
-        ],
-    );
+    let out = cp(&truncated, &setup.mounted("t.zip"));
     assert!(
         stderr(&out).contains("Invalid argument"),
         "{}",
         stderr(&out)
     );
     let big = make_zip(&setup.src, "big.zip", 9 << 20);
-    let out = run(
-        "cp",
-        &[
-            &big.to_string_lossy(),
-            &setup.mounted("big.zip").to_string_lossy(),
-        ],
-    );
+    let out = cp(&big, &setup.mounted("big.zip"));
     assert!(stderr(&out).contains("File too large"), "{}", stderr(&out));
     assert_eq!(setup.stored(), ["p.zip"]);
     assert_eq!(
@@ -221,7 +205,7 @@ fn bad_archives_and_limits_store_nothing_and_keep_the_old_object() {
         "the old object is intact"
     );
     let ro = setup.daemon.path("projects/frozen/x.zip");
-    let out = run("cp", &[&good.to_string_lossy(), &ro.to_string_lossy()]);
+    let out = cp(&good, &ro);
     assert!(
         stderr(&out).contains("Read-only file system"),
         "{}",
@@ -331,11 +315,7 @@ fn a_server_killed_during_an_upload_fails_close_and_leaves_nothing() {
     let mut setup = start();
     let old = make_zip(&setup.src, "old.zip", 10_000);
     let target = setup.mounted("u.zip");
-    assert!(
-        run("cp", &[&old.to_string_lossy(), &target.to_string_lossy()])
-            .status
-            .success()
-    );
+    assert!(cp(&old, &target).status.success());
     let new = make_zip(&setup.src, "new.zip", 20 << 20);
     let go = setup.src.join("go");
     // Writes everything, then waits for the server to die before closing.
@@ -401,7 +381,7 @@ fn sixteen_concurrent_uploads_and_downloads_stay_intact() {
             let setup = &setup;
             scope.spawn(move || {
                 let target = setup.mounted(&format!("up-{i}.zip"));
-                let out = run("cp", &[&zip.to_string_lossy(), &target.to_string_lossy()]);
+                let out = cp(zip, &target);
                 assert!(out.status.success(), "upload {i}: {}", stderr(&out));
             });
             scope.spawn(move || {

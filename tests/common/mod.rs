@@ -215,6 +215,11 @@ pub fn run(program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
+/// `cp FROM TO`.
+pub fn cp(from: &Path, to: &Path) -> Output {
+    run("cp", &[&from.to_string_lossy(), &to.to_string_lossy()])
+}
+
 pub fn sh(script: &str) -> Output {
     run("sh", &["-c", script])
 }
