@@ -424,6 +424,16 @@ fn ten_thousand_objects_list_in_one_ls() {
     assert!(listing.lines().any(|l| l == "many-09999.zip"));
 }
 
+/// A writer process, killed if the test fails before it finishes.
+struct Writer(std::process::Child);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs python `body` with `f` open for writing `target`; it prints
 /// "ready" and waits for the file `go` before `after`, then closes `f`.
 fn staged_writer(
@@ -431,24 +441,40 @@ fn staged_writer(
     go: &std::path::Path,
     body: &str,
     after: &str,
-) -> std::process::Child {
+) -> Writer {
     let script = format!(
         "import os, time\nf = open({:?}, 'wb')\n{body}\nf.flush()\nprint('ready', flush=True)\nwhile not os.path.exists({:?}): time.sleep(0.01)\n{after}\nf.close()\nprint('closed', flush=True)\n",
         target.to_string_lossy(),
         go.to_string_lossy()
     );
-    std::process::Command::new("python3")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    Writer(
+        std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
-fn wait_line(child: &mut std::process::Child) -> String {
+/// Parts of unfinished multipart uploads s3s-fs holds.
+fn parts_on_server(setup: &Setup) -> usize {
+    fs::read_dir(setup.server.dir.path().join("data"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".upload_id-")
+        })
+        .count()
+}
+
+fn wait_line(writer: &mut Writer) -> String {
     use std::io::Read;
     let mut line = Vec::new();
     let mut byte = [0u8];
-    let stdout = child.stdout.as_mut().unwrap();
+    let stdout = writer.0.stdout.as_mut().unwrap();
     while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
         line.push(byte[0]);
     }
@@ -467,7 +493,7 @@ fn full_parts_go_up_while_the_archive_is_still_being_written() {
     let mut writer = staged_writer(&target, &go, &body, "f.write(data[12 << 20:])");
     assert_eq!(wait_line(&mut writer), "ready");
     wait_for("parts sent before close", Duration::from_secs(20), || {
-        setup.daemon.log().matches("S3.UploadPart").count() >= 2
+        parts_on_server(&setup) >= 2
     });
     assert!(
         !setup.server.object(BUCKET, "stream.zip").exists(),
@@ -475,7 +501,6 @@ fn full_parts_go_up_while_the_archive_is_still_being_written() {
     );
     fs::write(&go, "").unwrap();
     assert_eq!(wait_line(&mut writer), "closed");
-    writer.wait().unwrap();
     assert_eq!(
         sha256(&setup.server.object(BUCKET, "stream.zip")),
         sha256(&zip)
@@ -495,13 +520,43 @@ fn a_write_back_into_a_sent_part_still_commits_the_right_bytes() {
     let mut writer = staged_writer(&target, &go, &body, "f.seek(0)\nf.write(data[:100])");
     assert_eq!(wait_line(&mut writer), "ready");
     wait_for("parts sent before close", Duration::from_secs(20), || {
-        setup.daemon.log().matches("S3.UploadPart").count() >= 2
+        parts_on_server(&setup) >= 2
     });
     fs::write(&go, "").unwrap();
     assert_eq!(wait_line(&mut writer), "closed");
-    writer.wait().unwrap();
     assert_eq!(
         sha256(&setup.server.object(BUCKET, "back.zip")),
         sha256(&zip)
     );
+}
+
+/// The server dies after parts went up: close fails, and once the server
+/// is back the parts are aborted, not left behind.
+#[test]
+fn parts_sent_before_a_failure_are_aborted_once_the_server_is_back() {
+    let mut setup = start();
+    let zip = make_zip(&setup.src, "orphan.zip", 16 << 20);
+    let (target, go) = (setup.mounted("orphan.zip"), setup.src.join("go"));
+    let body = format!(
+        "data = open({:?}, 'rb').read()\nf.write(data[:12 << 20])",
+        zip.to_string_lossy()
+    );
+    let mut writer = staged_writer(
+        &target,
+        &go,
+        &body,
+        "f.write(data[12 << 20:])\ntry:\n    f.close()\nexcept OSError as e:\n    print('errno', e.errno, flush=True)\n    raise SystemExit(0)",
+    );
+    assert_eq!(wait_line(&mut writer), "ready");
+    wait_for("parts sent before close", Duration::from_secs(20), || {
+        parts_on_server(&setup) >= 2
+    });
+    setup.server.stop();
+    fs::write(&go, "").unwrap();
+    assert_eq!(wait_line(&mut writer), format!("errno {}", libc::EIO));
+    setup.server.restart();
+    wait_for("the parts to be aborted", Duration::from_secs(60), || {
+        parts_on_server(&setup) == 0
+    });
+    assert!(!setup.server.object(BUCKET, "orphan.zip").exists());
 }

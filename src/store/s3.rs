@@ -510,20 +510,44 @@ impl PartSink for S3PartSink {
         Ok(())
     }
 
-    /// No orphaned parts: a failed upload leaves nothing behind.
+    /// No orphaned parts: a failed upload leaves nothing behind. When the
+    /// server cannot be reached (it may be why the upload failed), the abort
+    /// is retried in the background until it is.
     async fn abort(&mut self) {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
-        let _ = self
+        let request = self
             .client
             .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
-            .upload_id(&self.upload_id)
-            .send()
-            .await;
+            .upload_id(&self.upload_id);
+        if request.clone().send().await.is_ok() {
+            return;
+        }
+        let what = self.what.clone();
+        tokio::spawn(async move {
+            let mut delay = ABORT_RETRY_FIRST;
+            let deadline = tokio::time::Instant::now() + ABORT_RETRY_FOR;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(delay).await;
+                match request.clone().send().await {
+                    Ok(_) => return,
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                        return;
+                    }
+                    Err(_) => delay = (delay * 2).min(ABORT_RETRY_MAX),
+                }
+            }
+            tracing::warn!(upload = %what, "could not abort a failed multipart upload; its parts remain");
+        });
     }
 }
+
+/// Retries of an abort the server did not take.
+const ABORT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(500);
+const ABORT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+const ABORT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {
