@@ -56,28 +56,8 @@ fn archives_round_trip_through_every_writer_and_reader() {
         (20 << 20, "multi"),
     ] {
         let zip = make_zip(&setup.src, &format!("{name}.zip"), size);
-        let z = zip.to_string_lossy();
-        let dst = |tool: &str| {
-            setup
-                .mounted(&format!("{name}-{tool}.zip"))
-                .to_string_lossy()
-                .into_owned()
-        };
-        for (tool, script) in [
-            ("cp", format!("cp {z} {}", dst("cp"))),
-            (
-                "dd",
-                format!("dd if={z} of={} bs=1M status=none", dst("dd")),
-            ),
-            (
-                "py",
-                format!(
-                    "python3 -c 'import shutil; shutil.copyfile(\"{z}\", \"{}\")'",
-                    dst("py")
-                ),
-            ),
-            ("rsync", format!("rsync {z} {}", dst("rsync"))),
-        ] {
+        let writers = writer_commands(&zip, |tool| setup.mounted(&format!("{name}-{tool}.zip")));
+        for (tool, script) in writers {
             let out = sh(&script);
             assert!(out.status.success(), "{script}: {}", stderr(&out));
             let mounted = setup.mounted(&format!("{name}-{tool}.zip"));

@@ -117,28 +117,7 @@ fn every_writer_uploads_checked_archives() {
     let small = make_zip(&setup.src, "small.zip", 10_000);
     let multi = make_zip(&setup.src, "multi.zip", 12 << 20);
     for (zip, name) in [(&small, "small"), (&multi, "multi")] {
-        let z = zip.to_string_lossy();
-        let dst = |tool: &str| {
-            setup
-                .mounted(&format!("{name}-{tool}.zip"))
-                .to_string_lossy()
-                .into_owned()
-        };
-        let writers = [
-            ("cp", format!("cp {z} {}", dst("cp"))),
-            (
-                "dd",
-                format!("dd if={z} of={} bs=1M status=none", dst("dd")),
-            ),
-            (
-                "py",
-                format!(
-                    "python3 -c 'import shutil; shutil.copy(\"{z}\", \"{}\")'",
-                    dst("py")
-                ),
-            ),
-            ("rsync", format!("rsync {z} {}", dst("rsync"))),
-        ];
+        let writers = writer_commands(zip, |tool| setup.mounted(&format!("{name}-{tool}.zip")));
         for (tool, script) in &writers {
             let out = sh(script);
             assert!(out.status.success(), "{script}: {}", stderr(&out));

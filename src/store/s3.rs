@@ -318,22 +318,7 @@ impl RangeSource for S3Object {
             .send()
             .await
             .map_err(|e| s3_error("GetObject", &self.describe(), e))?;
-        let what = self.describe();
-        let chunks = futures::stream::unfold(Some(object.body), move |body| {
-            let what = what.clone();
-            async move {
-                let mut body = body?;
-                match body.try_next().await {
-                    Ok(Some(chunk)) => Some((Ok(chunk), Some(body))),
-                    Ok(None) => None,
-                    Err(e) => Some((
-                        Err(Error::provider(format!("S3 GetObject {what}: {e}"))),
-                        None,
-                    )),
-                }
-            }
-        });
-        Ok(Box::pin(chunks))
+        Ok(Self::chunks(object.body, self.describe()))
     }
 
     fn describe(&self) -> String {

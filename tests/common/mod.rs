@@ -215,6 +215,35 @@ pub fn run(program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
+/// Shell commands that write `archive` through each common tool: (tool,
+/// command); `dst(tool)` is where that tool writes.
+pub fn writer_commands(
+    archive: &Path,
+    dst: impl Fn(&str) -> PathBuf,
+) -> Vec<(&'static str, String)> {
+    let z = archive.to_string_lossy();
+    let to = |tool: &str| dst(tool).to_string_lossy().into_owned();
+    vec![
+        ("cp", format!("cp {z} {}", to("cp"))),
+        ("dd", format!("dd if={z} of={} bs=1M status=none", to("dd"))),
+        (
+            "py",
+            format!(
+                "python3 -c 'import shutil; shutil.copy(\"{z}\", \"{}\")'",
+                to("py")
+            ),
+        ),
+        (
+            "pyfile",
+            format!(
+                "python3 -c 'import shutil; shutil.copyfile(\"{z}\", \"{}\")'",
+                to("pyfile")
+            ),
+        ),
+        ("rsync", format!("rsync {z} {}", to("rsync"))),
+    ]
+}
+
 /// `cp FROM TO`.
 pub fn cp(from: &Path, to: &Path) -> Output {
     run("cp", &[&from.to_string_lossy(), &to.to_string_lossy()])
