@@ -3,6 +3,7 @@
 mod check;
 mod mount;
 mod status;
+mod systemd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,5 +1,7 @@
 //! `credfs mount`: load, mount, serve until a signal, unmount.
 
+use super::systemd;
+use crate::config::watch::ConfigWatcher;
 use crate::config::{self, Config};
 use crate::fuse::{self, MountOptions};
 use crate::vfs::CredFs;
@@ -9,14 +11,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 const REAP_INTERVAL: Duration = Duration::from_secs(30);
 
 pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
     // Absolute, but symlinks kept: a reload must follow a swapped link.
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
-    let config = match config::load(&config_path) {
+    let (loaded, sources) = config::load_watched(&config_path);
+    let config = match loaded {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
@@ -33,7 +36,7 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let served = runtime.block_on(serve(config, mountpoint));
+    let served = runtime.block_on(serve(config, sources, mountpoint));
     // Blocking storage calls still running must not keep a stopping daemon.
     runtime.shutdown_timeout(Duration::from_secs(2));
     match served {
@@ -46,7 +49,11 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String> {
+async fn serve(
+    config: Config,
+    sources: Vec<PathBuf>,
+    mountpoint: Option<PathBuf>,
+) -> Result<(), String> {
     let mountpoint = mountpoint
         .or_else(|| config.mount.path.clone())
         .ok_or("no mount point: give MOUNTPOINT or set [mount] path")?;
@@ -78,7 +85,7 @@ async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot mount {shown}: {e}"))?;
     info!(mountpoint = %shown, config = %config_path.display(), "mounted");
-    notify_systemd("READY=1");
+    systemd::notify("READY=1");
 
     let reaper = tokio::spawn({
         let fs = fs.clone();
@@ -90,17 +97,28 @@ async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String
             }
         }
     });
+    let mut watcher = ConfigWatcher::new(sources)
+        .map_err(|e| warn!(error = %e, "cannot watch the config; it reloads on SIGHUP only"))
+        .ok();
+    let watched = async |watcher: &mut Option<ConfigWatcher>| match watcher {
+        Some(watcher) => watcher.changed().await,
+        None => std::future::pending().await,
+    };
     let mut ended = mounted.ended();
     let ended_outside = loop {
         tokio::select! {
             _ = interrupt.recv() => break false,
             _ = terminate.recv() => break false,
             _ = &mut ended => break true,
-            _ = hangup.recv() => reload(&fs, &config_path).await,
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading the config");
+                reload(&fs, &config_path, watcher.as_mut()).await;
+            }
+            _ = watched(&mut watcher) => reload(&fs, &config_path, watcher.as_mut()).await,
         }
     };
     reaper.abort();
-    notify_systemd("STOPPING=1");
+    systemd::notify("STOPPING=1");
     if ended_outside {
         info!(mountpoint = %shown, "unmounted from outside; exiting");
     } else {
@@ -115,37 +133,43 @@ async fn serve(config: Config, mountpoint: Option<PathBuf>) -> Result<(), String
     .map_err(|e| format!("unmounting {shown}: {e}"))
 }
 
-async fn reload(fs: &CredFs, path: &Path) {
-    notify_systemd("RELOADING=1");
-    match config::load(path) {
+/// Loads the config again and serves it if it is valid and different; an
+/// invalid one is refused and the running config keeps serving.
+async fn reload(fs: &CredFs, path: &Path, watcher: Option<&mut ConfigWatcher>) {
+    let (loaded, sources) = config::load_watched(path);
+    if let Some(watcher) = watcher {
+        watcher.set_files(sources);
+    }
+    let loaded = loaded.and_then(|config| refuse_empty(path, config));
+    match loaded {
+        Ok(config) if config == fs.namespace().config => {
+            fs.clear_error();
+            debug!(config = %path.display(), "config unchanged");
+        }
         Ok(config) => {
+            systemd::notify(&systemd::reloading());
+            let started = std::time::Instant::now();
             fs.reload(config).await;
-            info!(config = %path.display(), "config reloaded");
+            info!(config = %path.display(), took_ms = started.elapsed().as_millis() as u64, "config reloaded");
+            systemd::notify("READY=1");
         }
         Err(errors) => {
             warn!("config reload refused, keeping the running config: {errors}");
             fs.record_error(format!("config reload refused: {errors}"));
         }
     }
-    notify_systemd("READY=1");
 }
 
-/// Tells systemd (Type=notify) about our state when it started us.
-fn notify_systemd(state: &str) {
-    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let socket = socket.to_string_lossy().into_owned();
-    let sent =
-        std::os::unix::net::UnixDatagram::unbound().and_then(|s| match socket.strip_prefix('@') {
-            Some(abstract_name) => {
-                use std::os::linux::net::SocketAddrExt;
-                let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
-                s.send_to_addr(state.as_bytes(), &addr)
-            }
-            None => s.send_to(state.as_bytes(), &socket),
-        });
-    if let Err(e) = sent {
-        warn!(error = %e, "cannot notify systemd");
+/// An empty file is what an editor leaves between truncating and writing:
+/// serving it would drop every entry for a moment.
+fn refuse_empty(path: &Path, config: Config) -> Result<Config, config::ConfigErrors> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.len() == 0 => Err(config::ConfigErrors(vec![config::ConfigError {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "the config file is empty; refusing to drop every entry (write a comment to serve an empty tree)".into(),
+        }])),
+        _ => Ok(config),
     }
 }

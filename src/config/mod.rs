@@ -5,8 +5,9 @@
 mod raw;
 mod validate;
 mod values;
+pub mod watch;
 
-pub use validate::{ConfigError, ConfigErrors, load, parse};
+pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse};
 pub use values::{check_name, parse_duration, parse_size};
 
 /// Whether `name` is acceptable as a registry, bucket, secret or archive name.

@@ -99,11 +99,22 @@ pub struct RawStore {
 }
 
 /// A secret value: a literal string, `{ file = PATH }` or `{ env = NAME }`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum RawSecret {
-    Literal(String),
+    /// Wiped when the raw config is dropped.
+    Literal(zeroize::Zeroizing<String>),
     File(String),
     Env(String),
+}
+
+impl std::fmt::Debug for RawSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawSecret::Literal(_) => f.write_str("Literal([redacted])"),
+            RawSecret::File(path) => f.debug_tuple("File").field(path).finish(),
+            RawSecret::Env(name) => f.debug_tuple("Env").field(name).finish(),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawSecret {
@@ -122,7 +133,9 @@ impl<'de> Visitor<'de> for RawSecretVisitor {
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<RawSecret, E> {
-        Ok(RawSecret::Literal(value.to_owned()))
+        Ok(RawSecret::Literal(zeroize::Zeroizing::new(
+            value.to_owned(),
+        )))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecret, A::Error> {

@@ -53,6 +53,19 @@ impl std::error::Error for ConfigErrors {}
 
 /// Reads, checks and resolves the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_watched(path).0
+}
+
+/// Like `load`, and names every file the result depends on (the config and
+/// the secret files it read or tried to read), so a watcher can reload when
+/// any of them changes, a refused config included.
+pub fn load_watched(path: &Path) -> (Result<Config, ConfigErrors>, Vec<PathBuf>) {
+    let mut sources = vec![path.to_path_buf()];
+    let loaded = load_into(path, &mut sources);
+    (loaded, sources)
+}
+
+fn load_into(path: &Path, sources: &mut Vec<PathBuf>) -> Result<Config, ConfigErrors> {
     let whole_file = |message: String| {
         ConfigErrors(vec![ConfigError {
             path: path.to_path_buf(),
@@ -64,9 +77,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let metadata =
         fs::metadata(path).map_err(|e| whole_file(format!("cannot read config: {e}")))?;
     check_ownership(path, &metadata).map_err(whole_file)?;
-    let text =
-        fs::read_to_string(path).map_err(|e| whole_file(format!("cannot read config: {e}")))?;
-    parse(path, &text)
+    // The text can hold literal secrets.
+    let text = fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| whole_file(format!("cannot read config: {e}")))?;
+    parse_into(path, &text, sources)
 }
 
 /// A config can name a helper program the daemon runs, so only its owner may
@@ -93,10 +108,15 @@ fn check_ownership(path: &Path, metadata: &fs::Metadata) -> Result<(), String> {
 /// Parses and validates config text; `path` names it in errors and anchors
 /// relative `{ file = … }` paths.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    parse_into(path, text, &mut Vec::new())
+}
+
+fn parse_into(path: &Path, text: &str, sources: &mut Vec<PathBuf>) -> Result<Config, ConfigErrors> {
     let mut checker = Checker {
         path,
         text,
         errors: Vec::new(),
+        sources,
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -119,6 +139,8 @@ struct Checker<'a> {
     path: &'a Path,
     text: &'a str,
     errors: Vec<ConfigError>,
+    /// Files read besides the config.
+    sources: &'a mut Vec<PathBuf>,
 }
 
 impl Checker<'_> {
@@ -200,7 +222,7 @@ impl Checker<'_> {
     fn secret(&mut self, value: &Spanned<RawSecret>) -> Option<Secret> {
         let span = value.span();
         match value.get_ref() {
-            RawSecret::Literal(text) => Some(Secret::from(text.clone())),
+            RawSecret::Literal(text) => Some(Secret::new(text.as_bytes().to_vec())),
             RawSecret::Env(name) => match std::env::var_os(name) {
                 Some(v) => Some(Secret::new(v.into_encoded_bytes())),
                 None => {
@@ -208,17 +230,22 @@ impl Checker<'_> {
                     None
                 }
             },
-            RawSecret::File(file) => {
-                let base = self.path.parent().unwrap_or(Path::new("/"));
-                match fs::read(base.join(file)) {
-                    Ok(bytes) => Some(Secret::new(strip_one_newline(bytes))),
-                    Err(e) => {
-                        self.error(&span, format!("cannot read secret file `{file}`: {e}"));
-                        None
-                    }
+            RawSecret::File(file) => match fs::read(self.source(file)) {
+                Ok(bytes) => Some(Secret::new(strip_one_newline(bytes))),
+                Err(e) => {
+                    self.error(&span, format!("cannot read secret file `{file}`: {e}"));
+                    None
                 }
-            }
+            },
         }
+    }
+
+    /// A file named by the config, relative to the config's directory.
+    fn source(&mut self, file: &str) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("/"));
+        let path = base.join(file);
+        self.sources.push(path.clone());
+        path
     }
 
     fn required<'v, T>(
@@ -440,8 +467,7 @@ impl Checker<'_> {
         file: &Spanned<String>,
         section: &Spanned<String>,
     ) -> Option<(String, String, String)> {
-        let base = self.path.parent().unwrap_or(Path::new("/"));
-        let text = match fs::read_to_string(base.join(file.get_ref())) {
+        let text = match fs::read_to_string(self.source(file.get_ref())) {
             Ok(text) => zeroize::Zeroizing::new(text),
             Err(e) => {
                 self.error(
@@ -454,7 +480,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let table: toml::Table = match toml::from_str(&text) {
+        let mut table: toml::Table = match toml::from_str(&text) {
             Ok(table) => table,
             Err(e) => {
                 let message = format!(
@@ -473,7 +499,9 @@ impl Checker<'_> {
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
         };
-        match (field("repo"), field("username"), field("password")) {
+        let fields = (field("repo"), field("username"), field("password"));
+        table.iter_mut().for_each(|(_, v)| wipe_toml(v));
+        match fields {
             (Some(repo), Some(username), Some(password)) => Some((repo, username, password)),
             _ => {
                 self.error(
@@ -796,6 +824,17 @@ fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
             Ok(endpoint(container, None, Some(account.to_string())))
         }
         _ => Err(invalid()),
+    }
+}
+
+/// Overwrites every string in a parsed TOML value before it is dropped.
+fn wipe_toml(value: &mut toml::Value) {
+    use zeroize::Zeroize;
+    match value {
+        toml::Value::String(text) => text.zeroize(),
+        toml::Value::Array(items) => items.iter_mut().for_each(wipe_toml),
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| wipe_toml(v)),
+        _ => {}
     }
 }
 

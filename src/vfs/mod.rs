@@ -139,9 +139,7 @@ impl CredFs {
         let old = self.namespace();
         let new = Arc::new(Namespace::build(config, Some(&old)).await);
         self.watch_credentials(&new);
-        if let Ok(mut last_error) = self.last_error.lock() {
-            *last_error = None;
-        }
+        self.clear_error();
         match self.namespace.write() {
             Ok(mut slot) => *slot = new.clone(),
             Err(poisoned) => *poisoned.into_inner() = new.clone(),
@@ -164,6 +162,13 @@ impl CredFs {
     pub fn record_error(&self, message: impl Into<String>) {
         if let Ok(mut slot) = self.last_error.lock() {
             *slot = Some(crate::status::EntryStatus::error(message));
+        }
+    }
+
+    /// The running config is the file's again (a refused edit was undone).
+    pub fn clear_error(&self) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = None;
         }
     }
 
