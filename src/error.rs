@@ -23,6 +23,25 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The errno's symbolic name, as the audit log records it.
+    pub fn errno_name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "ENOENT",
+            ErrorKind::AlreadyExists => "EEXIST",
+            ErrorKind::InvalidInput => "EINVAL",
+            ErrorKind::TooBig => "EFBIG",
+            ErrorKind::ReadOnly => "EROFS",
+            ErrorKind::PermissionDenied => "EACCES",
+            ErrorKind::NotPermitted => "EPERM",
+            ErrorKind::CrossDevice => "EXDEV",
+            ErrorKind::Busy => "EBUSY",
+            ErrorKind::NotADirectory => "ENOTDIR",
+            ErrorKind::IsADirectory => "EISDIR",
+            ErrorKind::NotSupported => "EOPNOTSUPP",
+            ErrorKind::Provider => "EIO",
+        }
+    }
+
     pub fn errno(self) -> i32 {
         match self {
             ErrorKind::NotFound => libc::ENOENT,

@@ -1,4 +1,4 @@
-//! Mounting, signals, stale mounts, and the kernel enforcing owners and modes
+//! Mounting, signals, stale mounts (SIGKILL), and owners and modes enforced
 //! for other users and containers.
 
 mod common;
@@ -68,7 +68,7 @@ fn a_dead_mount_is_cleaned_up_and_mounted_again() {
 }
 
 #[test]
-fn the_kernel_enforces_owners_and_modes_for_other_users() {
+fn owners_and_modes_are_enforced_for_other_users() {
     require_program("setpriv");
     let daemon = start();
     let as_user = |path: &str| {

@@ -75,7 +75,13 @@ async fn serve(
         allow_other: config.mount.allow_other,
     };
     let config_path = config.path.clone();
+    let audit_path = config.audit.as_ref().map(|a| a.path.clone());
     let fs = Arc::new(CredFs::new(Namespace::build(config, None).await));
+    if let Some(path) = &audit_path {
+        fs.audit
+            .configure(Some(path))
+            .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+    }
     let runtime = tokio::runtime::Handle::current();
     let mount_fs = fs.clone();
     let mount_point = mountpoint.clone();
@@ -111,7 +117,8 @@ async fn serve(
             _ = terminate.recv() => break false,
             _ = &mut ended => break true,
             _ = hangup.recv() => {
-                info!("SIGHUP: reloading the config");
+                info!("SIGHUP: reopening the audit log and reloading the config");
+                fs.audit.reopen();
                 reload(&fs, &config_path, watcher.as_mut()).await;
             }
             _ = watched(&mut watcher) => reload(&fs, &config_path, watcher.as_mut()).await,

@@ -8,10 +8,10 @@ use crate::vfs::{
     Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags as CoreOpenFlags, Opened, TTL,
 };
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -173,13 +173,14 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match utf8(name) {
             Ok(name) => name,
             Err(e) => return reply.error(e),
         };
+        let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.lookup(parent.0, &name).await {
+            match fs.lookup(parent.0, &name, caller).await {
                 Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -197,14 +198,14 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -213,8 +214,14 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let caller = caller(req);
+        let metadata = mode.is_some() || uid.is_some() || gid.is_some();
+        let times = atime.is_some() || mtime.is_some();
         self.spawn(move |fs| async move {
-            match fs.setattr(ino.0, size, fh.map(|f| f.0)).await {
+            match fs
+                .setattr(ino.0, size, fh.map(|f| f.0), metadata || times, caller)
+                .await
+            {
                 Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -242,13 +249,14 @@ impl Filesystem for FuseAdapter {
         reply.error(Errno::EPERM);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = match utf8(name) {
             Ok(name) => name,
             Err(e) => return reply.error(e),
         };
+        let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.unlink(parent.0, &name).await {
+            match fs.unlink(parent.0, &name, caller).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -257,7 +265,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         new_parent: INodeNo,
@@ -273,9 +281,10 @@ impl Filesystem for FuseAdapter {
             no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
         };
+        let caller = caller(req);
         self.spawn(move |fs| async move {
             match fs
-                .rename(parent.0, &name, new_parent.0, &new_name, flags)
+                .rename(parent.0, &name, new_parent.0, &new_name, flags, caller)
                 .await
             {
                 Ok(()) => reply.ok(),
@@ -286,7 +295,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (caller, flags) = (caller(req), open_flags(flags.0));
-        if let Some(opened) = self.fs.open_now(ino.0, flags) {
+        if let Some(opened) = self.fs.open_now(ino.0, flags, caller) {
             return reply.opened(FileHandle(opened.fh), fopen_flags(&opened));
         }
         let backing = self.backing.clone();
@@ -368,7 +377,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -378,9 +387,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
+        let (data, caller) = (data.to_vec(), caller(req));
         self.spawn(move |fs| async move {
-            match fs.write(fh.0, offset, data).await {
+            match fs.write(fh.0, offset, data, caller).await {
                 Ok(written) => reply.written(written),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -438,9 +447,10 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.opendir(ino.0).await {
+            match fs.opendir(ino.0, caller).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -486,6 +496,13 @@ impl Filesystem for FuseAdapter {
             fs.release(fh.0).await;
             reply.ok();
         });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.access(ino.0, mask.bits() as u16, caller(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -116,7 +116,6 @@ pub fn mount(
     config.mount_options = vec![
         MountOption::FSName("credfs".into()),
         MountOption::Subtype("credfs".into()),
-        MountOption::DefaultPermissions,
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::NoExec,

@@ -61,6 +61,19 @@ impl Node {
         }
     }
 
+    /// Files whose bytes are credentials, and the directories of them: what
+    /// the audit log records opens of.
+    pub fn holds_secrets(&self) -> bool {
+        matches!(
+            self,
+            Node::Registry(_)
+                | Node::RegistryFile(..)
+                | Node::DockerConfig
+                | Node::SecretGroup(_)
+                | Node::Secret(..)
+        )
+    }
+
     pub fn parent(&self) -> Option<Node> {
         Some(match self {
             Node::Root => return None,

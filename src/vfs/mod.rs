@@ -2,6 +2,7 @@
 //! that never see `fuser`. `crate::fuse` translates kernel requests into
 //! these calls and their results into replies.
 
+mod access;
 mod handles;
 pub mod inode;
 mod io_modes;
@@ -14,6 +15,7 @@ mod status_doc;
 pub use handles::{DirEntry, Handle};
 pub use published::KernelCache;
 
+use crate::audit::{AuditLog, Operation};
 use crate::error::{Error, ErrorKind, Result};
 use crate::registry::{self, RegistryFile};
 use crate::secret::Secret;
@@ -89,6 +91,7 @@ pub struct CredFs {
     io_modes: IoModes,
     /// The last refused reload, shown in `status.json`.
     last_error: std::sync::Mutex<Option<crate::status::EntryStatus>>,
+    pub audit: AuditLog,
 }
 
 fn refused(node: &Node) -> Error {
@@ -105,6 +108,7 @@ impl CredFs {
             uploads: Uploads::default(),
             io_modes: IoModes::default(),
             last_error: std::sync::Mutex::new(None),
+            audit: AuditLog::default(),
         };
         fs.watch_credentials(&fs.namespace());
         fs
@@ -136,6 +140,12 @@ impl CredFs {
     /// Serves `config` from now on. Readers see the old tree or the new one;
     /// the kernel forgets names that are gone and re-reads what it cached.
     pub async fn reload(&self, config: crate::config::Config) {
+        let audit_path = config.audit.as_ref().map(|a| a.path.clone());
+        if audit_path != self.audit.path()
+            && let Err(e) = self.audit.configure(audit_path.as_deref())
+        {
+            warn!(error = %e, "cannot open the new audit log; keeping the old one");
+        }
         let old = self.namespace();
         let new = Arc::new(Namespace::build(config, Some(&old)).await);
         self.watch_credentials(&new);
@@ -341,11 +351,31 @@ impl CredFs {
         })
     }
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+    pub async fn lookup(&self, parent: u64, name: &str, caller: Caller) -> Result<Attr> {
         let ns = self.namespace();
         let parent = self.node(parent)?;
+        if let Err(denied) = self.check_access(&ns, &parent, caller, access::SEARCH) {
+            if let Ok(child) = self.child(&ns, &parent, name)
+                && child.holds_secrets()
+            {
+                let path = child.path();
+                self.audit
+                    .record(Operation::Lookup, &path, caller, Err(&denied));
+            }
+            return Err(denied);
+        }
         let child = self.child(&ns, &parent, name)?;
         self.attr_of(&ns, &child).await
+    }
+
+    /// What `access(2)` answers: `mask` holds R_OK, W_OK and X_OK bits.
+    pub fn access(&self, ino: u64, mask: u16, caller: Caller) -> Result<()> {
+        let ns = self.namespace();
+        let node = self.node(ino)?;
+        if !self.exists(&ns, &node) {
+            return Err(Error::not_found(node.path()));
+        }
+        self.check_access(&ns, &node, caller, mask & 0o7)
     }
 
     pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
@@ -366,9 +396,22 @@ impl CredFs {
     /// chmod, chown and utime change nothing (owners and modes come from the
     /// config) but succeed, so `cp -p` and `install -m` work; a size change
     /// applies to a file being written.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> Result<Attr> {
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        fh: Option<u64>,
+        metadata: bool,
+        caller: Caller,
+    ) -> Result<Attr> {
+        if metadata {
+            self.check_owner(&self.namespace(), &self.node(ino)?, caller)?;
+        }
         if let Some(size) = size {
             let node = self.node(ino)?;
+            if fh.is_none() {
+                self.check_access(&self.namespace(), &node, caller, access::WRITE)?;
+            }
             let handle = fh.and_then(|fh| self.handles.get(fh));
             match (handle.as_deref(), &node) {
                 (Some(Handle::Write(h)), _) => self.uploads.set_len(h, size).await?,
@@ -387,12 +430,13 @@ impl CredFs {
         self.getattr(ino, fh).await
     }
 
-    pub async fn opendir(&self, ino: u64) -> Result<u64> {
+    pub async fn opendir(&self, ino: u64, caller: Caller) -> Result<u64> {
         let ns = self.namespace();
         let node = self.node(ino)?;
         if !node.is_dir() {
             return Err(Error::new(ErrorKind::NotADirectory, node.path()));
         }
+        self.check_access(&ns, &node, caller, access::READ)?;
         let mut entries = vec![
             DirEntry::new(ino, Kind::Dir, "."),
             DirEntry::new(ino, Kind::Dir, ".."),
@@ -459,9 +503,32 @@ impl CredFs {
         if !self.exists(&ns, &node) {
             return Err(Error::not_found(node.path()));
         }
+        let opened = self.open_checked(&ns, ino, &node, flags, caller).await;
+        if node.holds_secrets() {
+            let result = opened.as_ref().map(|_| ());
+            self.audit
+                .record(Operation::Open, &node.path(), caller, result);
+        }
+        opened
+    }
+
+    async fn open_checked(
+        &self,
+        ns: &Namespace,
+        ino: u64,
+        node: &Node,
+        flags: OpenFlags,
+        caller: Caller,
+    ) -> Result<Opened> {
+        let want = match flags.write {
+            true => access::WRITE,
+            false => access::READ,
+        };
+        self.check_access(ns, node, caller, want)?;
+        let (ns, node) = (ns, node.clone());
         if let Node::Archive(bucket, name) = &node {
             return self
-                .open_archive(&ns, ino, bucket, name, flags, caller)
+                .open_archive(ns, ino, bucket, name, flags, caller)
                 .await;
         }
         if let (Node::RegistryRefresh(name), true) = (&node, flags.write) {
@@ -475,19 +542,21 @@ impl CredFs {
         if flags.write || flags.truncate {
             return Err(refused(&node));
         }
-        let value = self.value(&ns, &node).await?;
+        let value = self.value(ns, &node).await?;
         Ok(self.opened_value(ino, &node, value))
     }
 
     /// Answers a read-only open of a secret or of a cached credential's
     /// file at once, on the calling thread: the common case needs no hop to
     /// the async workers. `None`: ask `open`.
-    pub fn open_now(&self, ino: u64, flags: OpenFlags) -> Option<Opened> {
+    pub fn open_now(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Option<Opened> {
         if flags.write || flags.truncate {
             return None;
         }
         let ns = self.namespace();
         let node = self.inodes.node(ino)?;
+        // A refusal is answered, and audited, by `open`.
+        self.check_access(&ns, &node, caller, access::READ).ok()?;
         let value = match &node {
             Node::Secret(group, key) => ns.config.secrets.get(group)?.get(key)?.clone(),
             Node::RegistryFile(name, file) => {
@@ -495,6 +564,8 @@ impl CredFs {
             }
             _ => return None,
         };
+        self.audit
+            .record(Operation::Open, &node.path(), caller, Ok(()));
         Some(self.opened_value(ino, &node, value))
     }
 

@@ -1,11 +1,13 @@
 //! `projects/<bucket>/`: archives read from, written to, renamed and deleted
 //! in their store, with the staging rules of `crate::upload`.
 
+use super::access::{SEARCH, WRITE};
 use super::inode::Node;
 use super::io_modes::IoMode;
 use super::namespace::{Bucket, Namespace};
 use super::published::fingerprint;
 use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, refused};
+use crate::audit::Operation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::upload::WriteHandle;
 use crate::upload::{STAGING_TTL, is_archive_name};
@@ -28,10 +30,17 @@ impl CredFs {
             .ok_or_else(|| Error::not_found(format!("projects/{bucket}")))
     }
 
-    fn writable_bucket(&self, ns: &Namespace, node: &Node) -> Result<(String, Arc<Bucket>)> {
+    /// The bucket `node` names, if `caller` may add and remove its archives.
+    fn writable_bucket(
+        &self,
+        ns: &Namespace,
+        node: &Node,
+        caller: Caller,
+    ) -> Result<(String, Arc<Bucket>)> {
         let Node::Bucket(name) = node else {
             return Err(refused(node));
         };
+        self.check_access(ns, node, caller, WRITE | SEARCH)?;
         let bucket = self.bucket(ns, name)?;
         if bucket.read_only {
             return Err(Error::read_only(format!(
@@ -89,7 +98,7 @@ impl CredFs {
     ) -> Result<Opened> {
         let entry = self.bucket(ns, bucket)?;
         if flags.write || flags.truncate {
-            let (bucket, entry) = self.writable_bucket(ns, &Node::Bucket(bucket.into()))?;
+            let (bucket, entry) = self.writable_bucket(ns, &Node::Bucket(bucket.into()), caller)?;
             let keeps_content = !flags.truncate && is_archive_name(name);
             let original = match keeps_content && entry.store.stat(&bucket, name).await?.is_some() {
                 true => Some(entry.store.open(&bucket, name).await?),
@@ -163,7 +172,7 @@ impl CredFs {
     pub async fn create(&self, parent: u64, name: &str, caller: Caller) -> Result<(Attr, Opened)> {
         let ns = self.namespace();
         let parent_node = self.node(parent)?;
-        let (bucket, entry) = self.writable_bucket(&ns, &parent_node)?;
+        let (bucket, entry) = self.writable_bucket(&ns, &parent_node, caller)?;
         if name.ends_with(".zip") && !is_archive_name(name) {
             return Err(Error::invalid(format!(
                 "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
@@ -185,7 +194,7 @@ impl CredFs {
         Ok((attr, self.opened_for_writing(attr.ino, handle)))
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>) -> Result<u32> {
+    pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>, caller: Caller) -> Result<u32> {
         match self.handles.get(fh).as_deref() {
             Some(Handle::Write(handle)) => self.uploads.write(handle, offset, data).await,
             Some(Handle::Refresh(name)) => {
@@ -195,7 +204,11 @@ impl CredFs {
                     .get(name)
                     .ok_or_else(|| Error::not_found(format!("registries/{name}")))?;
                 tracing::info!(registry = %name, "refresh requested");
-                cached.refresh().await?;
+                let refreshed = cached.refresh().await;
+                let path = format!("registries/{name}/refresh");
+                let result = refreshed.as_ref().map(|_| ());
+                self.audit.record(Operation::Refresh, &path, caller, result);
+                refreshed?;
                 Ok(data.len() as u32)
             }
             _ => Err(Error::new(ErrorKind::InvalidInput, "not open for writing")),
@@ -205,12 +218,21 @@ impl CredFs {
     /// A close: the writer's own close of an archive checks and commits it,
     /// and its error is what `close(2)` returns.
     pub async fn flush(&self, fh: u64, caller: Caller) -> Result<()> {
-        if let Some(Handle::Write(handle)) = self.handles.get(fh).as_deref()
-            && self.uploads.flush(handle, caller.pid).await?.is_some()
-        {
-            self.forget_archive(&handle.bucket, &handle.name);
+        let held = self.handles.get(fh);
+        let Some(Handle::Write(handle)) = held.as_deref() else {
+            return Ok(());
+        };
+        let flushed = self.uploads.flush(handle, caller.pid).await;
+        let path = format!("projects/{}/{}", handle.bucket, handle.name);
+        match &flushed {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) => {
+                self.forget_archive(&handle.bucket, &handle.name);
+                self.audit.record(Operation::Upload, &path, caller, Ok(()));
+            }
+            Err(e) => self.audit.record(Operation::Upload, &path, caller, Err(e)),
         }
-        Ok(())
+        flushed.map(|_| ())
     }
 
     pub(super) async fn release_handle(&self, handle: Arc<Handle>) {
@@ -227,10 +249,26 @@ impl CredFs {
         self.published.forget(ino);
     }
 
-    pub async fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+    pub async fn unlink(&self, parent: u64, name: &str, caller: Caller) -> Result<()> {
         let ns = self.namespace();
         let parent_node = self.node(parent)?;
-        let (bucket, entry) = self.writable_bucket(&ns, &parent_node)?;
+        let deleted = self.delete_archive(&ns, &parent_node, name, caller).await;
+        if is_archive_name(name) {
+            let path = format!("{}/{name}", parent_node.path());
+            let result = deleted.as_ref().map(|_| ());
+            self.audit.record(Operation::Delete, &path, caller, result);
+        }
+        deleted
+    }
+
+    async fn delete_archive(
+        &self,
+        ns: &Namespace,
+        parent_node: &Node,
+        name: &str,
+        caller: Caller,
+    ) -> Result<()> {
+        let (bucket, entry) = self.writable_bucket(ns, parent_node, caller)?;
         if entry.store.stat(&bucket, name).await?.is_some() {
             entry.store.delete(&bucket, name).await?;
             tracing::info!(path = %format!("projects/{bucket}/{name}"), "archive deleted");
@@ -248,11 +286,12 @@ impl CredFs {
         new_parent: u64,
         new_name: &str,
         flags: RenameFlags,
+        caller: Caller,
     ) -> Result<()> {
         let ns = self.namespace();
         let (from_node, to_node) = (self.node(parent)?, self.node(new_parent)?);
-        let (bucket, entry) = self.writable_bucket(&ns, &from_node)?;
-        let (to_bucket, _) = self.writable_bucket(&ns, &to_node)?;
+        let (bucket, entry) = self.writable_bucket(&ns, &from_node, caller)?;
+        let (to_bucket, _) = self.writable_bucket(&ns, &to_node, caller)?;
         if bucket != to_bucket {
             return Err(Error::new(ErrorKind::CrossDevice, "rename across buckets"));
         }
@@ -275,7 +314,11 @@ impl CredFs {
         let committed = store.stat(&bucket, name).await?.is_some();
         if !committed && self.uploads.get(&bucket, name).is_some() {
             if is_archive_name(new_name) {
-                self.uploads.commit_staged(&bucket, name, new_name).await?;
+                let committed = self.uploads.commit_staged(&bucket, name, new_name).await;
+                let path = format!("projects/{bucket}/{new_name}");
+                let result = committed.as_ref().map(|_| ());
+                self.audit.record(Operation::Upload, &path, caller, result);
+                committed?;
             } else {
                 self.uploads.rename(&bucket, name, new_name)?;
             }

@@ -1,0 +1,194 @@
+//! The audit log of `[audit] path`: one JSON line per open of a secret and
+//! per upload, delete and refresh, naming who and what, never a value.
+
+use crate::error::Error;
+use crate::vfs::Caller;
+use serde_json::json;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+use tracing::warn;
+
+/// What was done, as the `op` field says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Open,
+    Lookup,
+    Upload,
+    Delete,
+    Refresh,
+}
+
+impl Operation {
+    fn name(self) -> &'static str {
+        match self {
+            Operation::Open => "open",
+            Operation::Lookup => "lookup",
+            Operation::Upload => "upload",
+            Operation::Delete => "delete",
+            Operation::Refresh => "refresh",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct AuditLog {
+    file: Mutex<Option<(PathBuf, File)>>,
+}
+
+impl AuditLog {
+    /// Writes to `path` from now on (none: writes nothing). The file is
+    /// created 0600 and only ever appended to.
+    pub fn configure(&self, path: Option<&Path>) -> std::io::Result<()> {
+        let opened = match path {
+            Some(path) => Some((path.to_path_buf(), open_append(path)?)),
+            None => None,
+        };
+        if let Ok(mut slot) = self.file.lock() {
+            *slot = opened;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> Option<PathBuf> {
+        self.file.lock().ok()?.as_ref().map(|(p, _)| p.clone())
+    }
+
+    /// Opens the path again: after logrotate moved the file away, lines go
+    /// to a new one.
+    pub fn reopen(&self) {
+        let Ok(mut slot) = self.file.lock() else {
+            return;
+        };
+        if let Some((path, file)) = slot.as_mut() {
+            match open_append(path) {
+                Ok(reopened) => *file = reopened,
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot reopen the audit log"),
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.file.lock().is_ok_and(|f| f.is_some())
+    }
+
+    pub fn record(
+        &self,
+        operation: Operation,
+        path: &str,
+        actor: Caller,
+        result: Result<(), &Error>,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        let line = json!({
+            "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            "op": operation.name(),
+            "path": path,
+            "uid": actor.uid,
+            "gid": actor.gid,
+            "pid": actor.pid,
+            "process": process_name(actor.pid),
+            "result": match result {
+                Ok(()) => "ok",
+                Err(e) => e.kind().errno_name(),
+            },
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        let Ok(mut slot) = self.file.lock() else {
+            return;
+        };
+        if let Some((path, file)) = slot.as_mut()
+            // One write per line on an O_APPEND file: lines never interleave.
+            && let Err(e) = file.write_all(text.as_bytes())
+        {
+            warn!(path = %path.display(), error = %e, "cannot write the audit log");
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The caller's command name; empty when the process is gone or outside
+/// the daemon's pid namespace.
+fn process_name(pid: u32) -> String {
+    if pid == 0 {
+        return String::new();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|name| name.trim_end().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_the_operation_caller_and_result() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("logs/audit.jsonl");
+        let audit = AuditLog::default();
+        let actor = Caller {
+            pid: std::process::id(),
+            uid: 1000,
+            gid: 1001,
+        };
+        audit.record(Operation::Open, "secrets/a/b", actor, Ok(()));
+        assert!(!path.exists(), "nothing is written without a path");
+        audit.configure(Some(&path)).expect("configure");
+        audit.record(Operation::Open, "secrets/a/b", actor, Ok(()));
+        let denied = Error::denied("secrets/a/b: permission denied");
+        audit.record(Operation::Open, "secrets/a/b", actor, Err(&denied));
+        let text = std::fs::read_to_string(&path).expect("audit log");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["op"], "open");
+        assert_eq!(lines[0]["uid"], 1000);
+        assert_eq!(lines[0]["gid"], 1001);
+        assert_eq!(lines[0]["result"], "ok");
+        assert!(!lines[0]["process"].as_str().unwrap_or("").is_empty());
+        assert_eq!(lines[1]["result"], "EACCES");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn reopen_follows_a_rotated_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let audit = AuditLog::default();
+        audit.configure(Some(&path)).expect("configure");
+        let actor = Caller {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        audit.record(Operation::Delete, "projects/b/x.zip", actor, Ok(()));
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).expect("rotate");
+        audit.reopen();
+        audit.record(Operation::Refresh, "registries/r/refresh", actor, Ok(()));
+        let rotated = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).expect("old");
+        let fresh = std::fs::read_to_string(&path).expect("new");
+        assert!(rotated.contains("\"delete\"") && !rotated.contains("\"refresh\""));
+        assert!(fresh.contains("\"refresh\""));
+    }
+}

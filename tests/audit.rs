@@ -1,0 +1,235 @@
+//! The audit log: one JSON line per open of a secret and per upload, delete
+//! and refresh, with who did it and how it ended; never a value.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+const SHARED: &str = "audit-shared-token-1a2b3c";
+const PRIVATE: &str = "audit-private-token-4d5e6f";
+const API_KEY: &str = "audit-api-key-7a8b9c";
+
+const CONFIG: &str = r#"
+[mount]
+allow_other = true
+dir_mode = "0555"
+file_mode = "0400"
+[audit]
+path = "@DIR@/log/audit.jsonl"
+[registries.shared]
+provider = "static"
+registry = "shared.example"
+username = "u"
+password = "audit-shared-token-1a2b3c"
+mode = "0444"
+[registries.private]
+provider = "static"
+registry = "private.example"
+username = "u"
+password = "audit-private-token-4d5e6f"
+[secrets.ci]
+api_key = "audit-api-key-7a8b9c"
+[stores.disk]
+provider = "filesystem"
+root = "@DIR@/store"
+buckets = ["builds"]
+"#;
+
+fn as_user(uid: &str, program: &str, args: &[&str]) -> std::process::Output {
+    let mut argv = vec!["--reuid", uid, "--regid", uid, "--clear-groups", program];
+    argv.extend_from_slice(args);
+    run("setpriv", &argv)
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each audit line is one JSON object"))
+        .collect()
+}
+
+/// The audit lines for `op` on `path`.
+fn entries(all: &[Value], op: &str, path: &str) -> Vec<Value> {
+    all.iter()
+        .filter(|l| l["op"] == op && l["path"] == path)
+        .cloned()
+        .collect()
+}
+
+fn start() -> Daemon {
+    require_program("setpriv");
+    let mut daemon = Daemon::prepare(CONFIG);
+    fs::create_dir_all(daemon.store().join("builds")).expect("bucket dir");
+    for secret in [SHARED, PRIVATE, API_KEY] {
+        daemon.secret(secret);
+    }
+    daemon.spawn();
+    daemon
+}
+
+#[test]
+fn reads_uploads_deletes_refreshes_and_denials_are_audited_without_values() {
+    let daemon = start();
+    let audit = daemon.dir.path().join("log/audit.jsonl");
+    let shared = daemon.path("registries/shared/token");
+    let shared = shared.to_string_lossy();
+    let private = daemon.path("registries/private/token");
+
+    for uid in ["1000", "1001"] {
+        let out = as_user(uid, "cat", &[&shared]);
+        assert_eq!(out.stdout, SHARED.as_bytes(), "uid {uid}: {}", stderr(&out));
+    }
+    let denied = as_user("1000", "cat", &[&private.to_string_lossy()]);
+    assert!(
+        stderr(&denied).contains("Permission denied"),
+        "{}",
+        stderr(&denied)
+    );
+    assert_eq!(
+        run(
+            "cat",
+            &[&daemon.path("secrets/ci/api_key").to_string_lossy()]
+        )
+        .stdout,
+        API_KEY.as_bytes()
+    );
+
+    let zip = make_zip(daemon.dir.path(), "app.zip", 4096);
+    let archive = daemon.path("projects/builds/app.zip");
+    assert!(cp(&zip, &archive).status.success());
+    let bad = daemon.dir.path().join("bad.zip");
+    fs::write(&bad, b"not a zip archive").expect("bad zip");
+    let rejected = cp(&bad, &daemon.path("projects/builds/bad.zip"));
+    assert!(!rejected.status.success());
+    fs::remove_file(&archive).expect("delete the archive");
+    fs::write(daemon.path("registries/shared/refresh"), "1").expect("refresh");
+
+    let all = lines(&audit);
+    let reads = entries(&all, "open", "registries/shared/token");
+    for uid in [1000, 1001] {
+        let read = reads
+            .iter()
+            .find(|l| l["uid"] == uid)
+            .unwrap_or_else(|| panic!("no audit line for uid {uid}: {all:?}"));
+        assert_eq!(read["gid"], uid);
+        assert_eq!(read["process"], "cat");
+        assert_eq!(read["result"], "ok");
+        assert!(read["pid"].as_u64().unwrap_or(0) > 0);
+        assert!(read["time"].as_str().unwrap_or("").ends_with('Z'));
+    }
+    let refused = entries(&all, "open", "registries/private/token");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l["uid"] == 1000 && l["result"] == "EACCES"),
+        "the denied read: {all:?}"
+    );
+    let key = entries(&all, "open", "secrets/ci/api_key");
+    assert!(
+        key.iter().any(|l| l["uid"] == 0 && l["result"] == "ok"),
+        "{all:?}"
+    );
+    let uploads = entries(&all, "upload", "projects/builds/app.zip");
+    assert!(
+        uploads
+            .iter()
+            .any(|l| l["result"] == "ok" && l["process"] == "cp"),
+        "{all:?}"
+    );
+    let bad_upload = entries(&all, "upload", "projects/builds/bad.zip");
+    assert!(
+        bad_upload.iter().any(|l| l["result"] == "EINVAL"),
+        "{all:?}"
+    );
+    let deletes = entries(&all, "delete", "projects/builds/app.zip");
+    assert!(deletes.iter().any(|l| l["result"] == "ok"), "{all:?}");
+    let refreshes = entries(&all, "refresh", "registries/shared/refresh");
+    assert!(refreshes.iter().any(|l| l["result"] == "ok"), "{all:?}");
+
+    let text = fs::read_to_string(&audit).expect("audit log");
+    daemon.assert_no_secret_in(&text, "the audit log");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&audit).expect("stat").permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "only the daemon's user reads the audit log"
+    );
+}
+
+#[test]
+fn concurrent_readers_write_whole_lines_and_sighup_reopens_for_logrotate() {
+    let daemon = start();
+    let audit = daemon.dir.path().join("log/audit.jsonl");
+    let token = daemon.path("registries/shared/token");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(fs::read(&token).expect("read"), SHARED.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("reader");
+    }
+    let opens = entries(&lines(&audit), "open", "registries/shared/token");
+    assert_eq!(opens.len(), 400, "one whole line per open");
+
+    let rotated = daemon.dir.path().join("log/audit.jsonl.1");
+    fs::rename(&audit, &rotated).expect("logrotate moves the file");
+    daemon.signal(libc::SIGHUP);
+    wait_for(
+        "a new audit file after SIGHUP",
+        Duration::from_secs(10),
+        || audit.exists(),
+    );
+    assert_eq!(fs::read(&token).expect("read"), SHARED.as_bytes());
+    assert_eq!(
+        entries(&lines(&rotated), "open", "registries/shared/token").len(),
+        400,
+        "the rotated file keeps what was written before SIGHUP"
+    );
+    assert_eq!(
+        entries(&lines(&audit), "open", "registries/shared/token").len(),
+        1,
+        "reads after SIGHUP go to the new file"
+    );
+}
+
+#[test]
+fn a_dentry_cached_for_root_does_not_let_another_user_past_a_closed_directory() {
+    require_program("setpriv");
+    let mut daemon = Daemon::prepare(
+        "[mount]\nallow_other = true\ndir_mode = \"0500\"\nfile_mode = \"0444\"\n[secrets.ci]\nkey = \"dentry-secret-5e6f\"\n",
+    );
+    daemon.secret("dentry-secret-5e6f");
+    daemon.spawn();
+    let key = daemon.path("secrets/ci/key");
+    let key = key.to_string_lossy();
+    for _ in 0..20 {
+        // Root's read leaves every dentry on the path cached.
+        assert_eq!(run("cat", &[&key]).stdout, b"dentry-secret-5e6f");
+        let out = as_user("1000", "cat", &[&key]);
+        assert!(
+            out.stdout.is_empty(),
+            "uid 1000 read through a 0500 directory"
+        );
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // access(2) gives the same answers.
+    let test_r = |uid: &str| as_user(uid, "test", &["-r", &key]).status.success();
+    assert!(!test_r("1000"));
+    assert!(run("test", &["-r", &key]).status.success());
+}
