@@ -16,6 +16,7 @@ needed=(
     fusermount3:fuse3 bwrap:bubblewrap rsync:rsync zip:zip unzip:unzip
     docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo umoci:umoci
     setpriv:util-linux unshare:util-linux pgrep:procps python3:python3
+    systemd-analyze:systemd
 )
 missing=()
 for pair in "${needed[@]}"; do

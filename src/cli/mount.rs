@@ -141,30 +141,31 @@ async fn serve(
 }
 
 /// Loads the config again and serves it if it is valid and different; an
-/// invalid one is refused and the running config keeps serving.
+/// invalid one is refused and the running config keeps serving. systemd
+/// hears RELOADING=1 and READY=1 around every reload, changed or not.
 async fn reload(fs: &CredFs, path: &Path, watcher: Option<&mut ConfigWatcher>) {
+    systemd::notify(&systemd::reloading());
     let (loaded, sources) = config::load_watched(path);
     if let Some(watcher) = watcher {
         watcher.set_files(sources);
     }
-    let loaded = loaded.and_then(|config| refuse_empty(path, config));
-    match loaded {
+    match loaded.and_then(|config| refuse_empty(path, config)) {
         Ok(config) if config == fs.namespace().config => {
             fs.clear_error();
             debug!(config = %path.display(), "config unchanged");
         }
         Ok(config) => {
-            systemd::notify(&systemd::reloading());
             let started = std::time::Instant::now();
             fs.reload(config).await;
-            info!(config = %path.display(), took_ms = started.elapsed().as_millis() as u64, "config reloaded");
-            systemd::notify("READY=1");
+            let took_ms = started.elapsed().as_millis() as u64;
+            info!(config = %path.display(), took_ms, "config reloaded");
         }
         Err(errors) => {
             warn!("config reload refused, keeping the running config: {errors}");
             fs.record_error(format!("config reload refused: {errors}"));
         }
     }
+    systemd::notify("READY=1");
 }
 
 /// An empty file is what an editor leaves between truncating and writing:

@@ -101,12 +101,25 @@ impl Daemon {
     }
 
     pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        self.spawn_wrapped(&[], env);
+    }
+
+    /// Starts credfs through `wrapper` (a program and its arguments, such
+    /// as setpriv dropping capabilities), with `env` added.
+    pub fn spawn_wrapped(&mut self, wrapper: &[&str], env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut command = Command::new(BIN);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
         command
             .args(["--log-level", "debug", "mount", "--config"])
             .arg(&self.config)
