@@ -8,71 +8,30 @@ use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_credfs");
+mod common;
+
+use common::{BIN, Daemon};
+
 const TOKEN: &str = "bench-token-0123456789abcdef0123456789abcdef";
 const LATENCY_ROUNDS: usize = 20_000;
 const CAT_ROUNDS: usize = 300;
 const ARCHIVE_MIB: usize = 256;
 const COPY_ROUNDS: usize = 5;
 
-struct Daemon {
-    child: Child,
-    mnt: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path, sync: bool) -> Daemon {
-        let mnt = dir.join(format!("mnt-{sync}"));
-        fs::create_dir_all(&mnt).unwrap();
-        let config = dir.join(format!("config-{sync}.toml"));
-        fs::write(
-            &config,
-            format!(
-                "[registries.bench]\nprovider = \"static\"\nregistry = \"bench.example\"\nusername = \"u\"\npassword = \"{TOKEN}\"\n\
-                 [registries.cold]\nprovider = \"helper\"\nregistry = \"cold.example\"\ncommand = [\"{}\"]\n\
-                 [stores.disk]\nprovider = \"filesystem\"\nroot = \"{}\"\nbuckets = [\"b\"]\nsync = {sync}\n",
-                helper_script(dir, "counting-helper", true).display(),
-                dir.join("store").display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
-        let child = Command::new(BIN)
-            .args(["--log-level", "warn", "mount", "--config"])
-            .arg(&config)
-            .arg(&mnt)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("credfs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while fs::read_dir(mnt.join("registries")).is_err() {
-            assert!(Instant::now() < deadline, "credfs did not mount");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Daemon { child, mnt }
-    }
-
-    fn peak_rss_kib(&self) -> u64 {
-        let status =
-            fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+/// A daemon serving a static token, a counting helper and a filesystem
+/// store with `sync` as given.
+fn start_daemon(dir: &Path, sync: bool) -> Daemon {
+    let config = format!(
+        "[registries.bench]\nprovider = \"static\"\nregistry = \"bench.example\"\nusername = \"u\"\npassword = \"{TOKEN}\"\n\
+         [registries.cold]\nprovider = \"helper\"\nregistry = \"cold.example\"\ncommand = [\"{}\"]\n\
+         [stores.disk]\nprovider = \"filesystem\"\nroot = \"{}\"\nbuckets = [\"b\"]\nsync = {sync}\n",
+        helper_script(dir, "counting-helper", true).display(),
+        dir.join("store").display()
+    );
+    Daemon::start(dir, &format!("sync-{sync}"), &config)
 }
 
 /// A trivial thin-edge helper; the counting one records each run.
@@ -228,7 +187,7 @@ fn main() {
         ));
     };
 
-    let daemon = Daemon::start(&scratch, true);
+    let daemon = start_daemon(&scratch, true);
     let token = daemon.mnt.join("registries/bench/token");
     // Best of three rounds: this is a shared VM, and one noisy round says
     // nothing about credfs.
@@ -316,9 +275,9 @@ fn main() {
         ">= 0.8x",
     );
     row(&label(true), synced_s, plain_s.clone(), synced / plain, "");
-    let rss_synced = daemon.peak_rss_kib();
+    let rss_synced = daemon.memory_kib("VmHWM");
     drop(daemon);
-    let unsynced_daemon = Daemon::start(&scratch, false);
+    let unsynced_daemon = start_daemon(&scratch, false);
     let target = unsynced_daemon.mnt.join("projects/b/unsynced.zip");
     let unsynced = cp_throughput(CP, &archive, &target);
     row(
@@ -328,7 +287,7 @@ fn main() {
         unsynced / plain,
         ">= 0.8x",
     );
-    let rss = rss_synced.max(unsynced_daemon.peak_rss_kib());
+    let rss = rss_synced.max(unsynced_daemon.memory_kib("VmHWM"));
     drop(unsynced_daemon);
     row(
         "daemon peak RSS during the copies (MiB)",
