@@ -242,3 +242,83 @@ fn sigterm_exits_while_another_namespace_holds_the_mount() {
         daemon.log()
     );
 }
+
+/// Unmounts a bind mount when the test ends, however it ends.
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's container pattern: the mount point sits in a shared
+/// directory that the container binds with slave propagation, so a daemon
+/// restarted after SIGKILL is seen inside without restarting the container.
+#[test]
+fn a_container_binding_a_shared_parent_sees_a_restarted_daemon() {
+    require_program("unshare");
+    let mut daemon = Daemon::prepare(CONFIG);
+    daemon.secret(TOKEN);
+    daemon.secret(SHARED);
+    let share = daemon.dir.path().join("share");
+    fs::create_dir_all(&share).unwrap();
+    let share_str = share.to_string_lossy().into_owned();
+    let made_shared = sh(&format!(
+        "mount --bind {share_str} {share_str} && mount --make-shared {share_str}"
+    ));
+    assert!(made_shared.status.success(), "{}", stderr(&made_shared));
+    let _unbind = BindMount(share.clone());
+    daemon.mnt = share.join("tree");
+    daemon.spawn();
+
+    // The "container": its own mount namespace, binding the shared
+    // directory with slave propagation, reading when told to.
+    let inside = daemon.dir.path().join("ctr");
+    let go = daemon.dir.path().join("go");
+    let seen = daemon.dir.path().join("seen");
+    fs::create_dir_all(&inside).unwrap();
+    let script = format!(
+        "mount --rbind {share_str} {ctr} && mount --make-rslave {ctr} && \
+         cat {ctr}/tree/registries/private/token > {seen}.1; \
+         while [ ! -e {go} ]; do sleep 0.05; done; \
+         cat {ctr}/tree/registries/private/token > {seen}.2",
+        ctr = inside.display(),
+        go = go.display(),
+        seen = seen.display()
+    );
+    let container = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "unchanged", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut container = KillOnDrop(container);
+    let first = seen.with_extension("1");
+    wait_for(
+        "the container's first read",
+        Duration::from_secs(10),
+        || fs::read(&first).is_ok_and(|b| b == TOKEN.as_bytes()),
+    );
+
+    daemon.crash();
+    daemon.spawn();
+    fs::write(&go, "").unwrap();
+    assert!(container.0.wait().unwrap().success());
+    assert_eq!(
+        fs::read(seen.with_extension("2")).unwrap(),
+        TOKEN.as_bytes(),
+        "the restarted daemon is visible inside the running container"
+    );
+}
