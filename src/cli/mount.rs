@@ -155,6 +155,14 @@ async fn reload(fs: &CredFs, path: &Path, watcher: Option<&mut ConfigWatcher>) {
             debug!(config = %path.display(), "config unchanged");
         }
         Ok(config) => {
+            let running = &fs.namespace().config.mount;
+            if (running.allow_other, &running.path)
+                != (config.mount.allow_other, &config.mount.path)
+            {
+                warn!(
+                    "[mount] path and allow_other are mount options: they change at the next start"
+                );
+            }
             let started = std::time::Instant::now();
             fs.reload(config).await;
             let took_ms = started.elapsed().as_millis() as u64;

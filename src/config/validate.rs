@@ -983,6 +983,19 @@ key = "v"
     }
 
     #[test]
+    fn debug_output_of_a_config_and_its_raw_form_hides_every_secret() {
+        let text = "[registries.hub]\nprovider = \"static\"\nregistry = \"docker.io\"\nusername = \"debug-user-1\"\npassword = \"debug-pass-2\"\n\
+                    [secrets.g]\nk = \"debug-secret-3\"\n";
+        let config = parse(Path::new("c.toml"), text).expect("valid");
+        let raw = RawSecret::Literal(zeroize::Zeroizing::new("debug-secret-3".to_string()));
+        for shown in [format!("{config:?}"), format!("{raw:?}")] {
+            for secret in ["debug-user-1", "debug-pass-2", "debug-secret-3"] {
+                assert!(!shown.contains(secret), "{shown}");
+            }
+        }
+    }
+
+    #[test]
     fn secret_files_lose_one_trailing_newline() {
         assert_eq!(strip_one_newline(b"tok\r\n".to_vec()), b"tok");
         assert_eq!(strip_one_newline(b"tok\n\n".to_vec()), b"tok\n");
