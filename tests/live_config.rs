@@ -362,3 +362,36 @@ fn a_rotated_secret_file_is_served_within_a_second() {
     let status = read(&daemon.path("status.json"));
     daemon.assert_no_secret_in(&status, "status.json");
 }
+
+/// Readers that keep the changing entry open and cached while it changes
+/// must not leave the old bytes in the kernel's page cache: every edit
+/// (values of the same length, so the size says nothing) is seen.
+#[test]
+fn values_read_while_they_change_never_stick_in_the_page_cache() {
+    let mut daemon = Daemon::prepare(&config("s00"));
+    daemon.spawn();
+    let value = daemon.path("secrets/rotating/value");
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammers: Vec<_> = (0..4)
+        .map(|_| {
+            let (value, stop) = (value.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = fs::read(&value);
+                }
+            })
+        })
+        .collect();
+    for i in 1..=30 {
+        let version = format!("s{i:02}");
+        write_and_rename(&daemon.config, &config(&version));
+        let expected = format!("value-{version}");
+        wait_for(&format!("value {version}"), APPLY_TIMEOUT, || {
+            read(&value) == expected
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    for hammer in hammers {
+        hammer.join().expect("reader");
+    }
+}

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -34,6 +35,9 @@ struct Stamp {
 
 pub struct ConfigWatcher {
     watcher: RecommendedWatcher,
+    /// The watched files as named and as resolved: what an event must touch
+    /// to matter.
+    targets: Arc<Mutex<Vec<PathBuf>>>,
     events: mpsc::UnboundedReceiver<()>,
     dirs: BTreeSet<PathBuf>,
     files: Vec<(PathBuf, Option<Stamp>)>,
@@ -43,9 +47,12 @@ impl ConfigWatcher {
     /// Watches `files` (the config first, then the secret files it read).
     pub fn new(files: Vec<PathBuf>) -> notify::Result<Self> {
         let (sender, events) = mpsc::unbounded_channel();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let relevant_to = targets.clone();
         let watcher =
             notify::recommended_watcher(move |event: notify::Result<Event>| match event {
                 Ok(event) if !is_change(&event.kind) => {}
+                Ok(event) if !touches_targets(&event.paths, &relevant_to) => {}
                 Ok(_) => {
                     let _ = sender.send(());
                 }
@@ -53,6 +60,7 @@ impl ConfigWatcher {
             })?;
         let mut this = ConfigWatcher {
             watcher,
+            targets,
             events,
             dirs: BTreeSet::new(),
             files: Vec::new(),
@@ -115,6 +123,15 @@ impl ConfigWatcher {
     }
 
     fn rewatch(&mut self) {
+        let targets: Vec<PathBuf> = self
+            .files
+            .iter()
+            .flat_map(|(path, _)| [Some(path.clone()), std::fs::canonicalize(path).ok()])
+            .flatten()
+            .collect();
+        if let Ok(mut slot) = self.targets.lock() {
+            *slot = targets;
+        }
         let wanted: BTreeSet<PathBuf> = self
             .files
             .iter()
@@ -131,6 +148,19 @@ impl ConfigWatcher {
         }
         self.dirs = wanted;
     }
+}
+
+/// Whether an event is about a watched file, a directory on the way to one
+/// (one being created), or a symlink (a Kubernetes `..data` swap); a busy
+/// log file next to the config is none of these.
+fn touches_targets(paths: &[PathBuf], targets: &Mutex<Vec<PathBuf>>) -> bool {
+    let Ok(targets) = targets.lock() else {
+        return true;
+    };
+    paths.iter().any(|path| {
+        targets.iter().any(|target| target.starts_with(path))
+            || std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+    })
 }
 
 /// Reads and opens are not changes; a close after writing is.
@@ -201,6 +231,19 @@ mod tests {
             dirs,
             vec![dir.path().to_path_buf(), canonical_dir.join("data")]
         );
+    }
+
+    #[test]
+    fn only_events_on_the_way_to_a_watched_file_matter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("credfs.toml");
+        let secret = dir.path().join("later/secret");
+        let targets = Mutex::new(vec![config.clone(), secret.clone()]);
+        assert!(touches_targets(&[config], &targets));
+        assert!(touches_targets(&[dir.path().join("later")], &targets));
+        assert!(!touches_targets(&[dir.path().join("daemon.log")], &targets));
+        std::os::unix::fs::symlink("x", dir.path().join("..data")).expect("symlink");
+        assert!(touches_targets(&[dir.path().join("..data")], &targets));
     }
 
     #[test]

@@ -572,19 +572,17 @@ impl CredFs {
     /// A handle on one value; the kernel keeps its cached copy only while
     /// that copy is the value.
     fn opened_value(&self, ino: u64, node: &Node, value: Secret) -> Opened {
-        let cache = if *node == Node::Status {
-            CachePolicy::Direct
-        } else if self
-            .published
-            .observe(ino, fingerprint(value.expose()))
-            .kernel_copy_valid
-        {
+        let content = fingerprint(value.expose());
+        let keep = *node != Node::Status && self.published.observe(ino, content).kernel_copy_valid;
+        let fh = self.handles.insert(Handle::Value(value));
+        let cache = if keep {
+            self.published.claim(fh, ino, content);
             CachePolicy::KeepCache
         } else {
             CachePolicy::Direct
         };
         Opened {
-            fh: self.handles.insert(Handle::Value(value)),
+            fh,
             cache,
             no_flush: true,
             backing: None,
@@ -600,6 +598,7 @@ impl CredFs {
             .is_none_or(|h| !matches!(h.as_ref(), Handle::Write(_)));
         if done {
             self.io_modes.release(fh);
+            self.published.release(fh);
             self.handles.remove(fh);
         }
         done
@@ -627,6 +626,7 @@ impl CredFs {
 
     pub async fn release(&self, fh: u64) {
         self.io_modes.release(fh);
+        self.published.release(fh);
         if let Some(handle) = self.handles.remove(fh) {
             self.release_handle(handle).await;
         }

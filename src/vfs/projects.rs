@@ -117,13 +117,13 @@ impl CredFs {
         };
         if let Some(reader) = reader {
             let info = reader.info();
-            let seen = self
-                .published
-                .observe(ino, fingerprint((info.size, info.modified)));
+            let content = fingerprint((info.size, info.modified));
+            let seen = self.published.observe(ino, content);
             let cached = seen.kernel_copy_valid && self.io_modes.claim(ino, IoMode::Cached);
             let fh = self.handles.insert(Handle::Archive(reader));
             let cache = if cached {
                 self.io_modes.record(fh, ino, IoMode::Cached);
+                self.published.claim(fh, ino, content);
                 CachePolicy::KeepCache
             } else {
                 CachePolicy::Direct

@@ -2,6 +2,11 @@
 //! a file from its page cache (and trust its size) only while the content is
 //! the one it last saw; when a value changes we tell the kernel to drop its
 //! copy, and until it has, opens bypass the cache.
+//!
+//! A handle opened with the cache kept, on content that has since changed,
+//! can still read the old content into the page cache after the kernel
+//! dropped it. So while such a handle is open, opens bypass the cache, and
+//! when the last one closes the kernel is told to drop its copy once more.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -35,12 +40,36 @@ struct Seen {
     changed_at: SystemTime,
     /// Set while an invalidation for this content is on its way.
     invalidating: Option<u64>,
+    /// Open handles that let the kernel cache pages, by the fingerprint of
+    /// the content they read.
+    cached_handles: HashMap<u64, usize>,
+}
+
+impl Seen {
+    fn new(fingerprint: u64, changed_at: SystemTime) -> Self {
+        Seen {
+            fingerprint,
+            changed_at,
+            invalidating: None,
+            cached_handles: HashMap::new(),
+        }
+    }
+
+    /// Whether a handle on older content may still fill the page cache.
+    fn stale_handles(&self) -> bool {
+        self.cached_handles
+            .iter()
+            .any(|(fp, count)| *fp != self.fingerprint && *count > 0)
+    }
 }
 
 #[derive(Default)]
 pub struct Published {
     kernel: OnceLock<Arc<dyn KernelCache>>,
     seen: Mutex<HashMap<u64, Seen>>,
+    /// Handle number to the inode and content it was opened on, for the
+    /// handles opened with the cache kept.
+    claims: Mutex<HashMap<u64, (u64, u64)>>,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -56,14 +85,12 @@ impl Published {
     pub fn observe(self: &Arc<Self>, ino: u64, fingerprint: u64) -> Observed {
         let now = SystemTime::now();
         let mut seen = self.seen();
-        let entry = seen.entry(ino).or_insert(Seen {
-            fingerprint,
-            changed_at: now,
-            invalidating: None,
-        });
+        let entry = seen
+            .entry(ino)
+            .or_insert_with(|| Seen::new(fingerprint, now));
         if entry.fingerprint == fingerprint {
             return Observed {
-                kernel_copy_valid: entry.invalidating.is_none(),
+                kernel_copy_valid: entry.invalidating.is_none() && !entry.stale_handles(),
                 changed_at: entry.changed_at,
             };
         }
@@ -87,15 +114,56 @@ impl Published {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.seen().insert(
-            ino,
-            Seen {
-                fingerprint: FORGOTTEN,
-                changed_at: SystemTime::now(),
-                invalidating: Some(generation),
-            },
-        );
+        {
+            let mut seen = self.seen();
+            let entry = seen
+                .entry(ino)
+                .or_insert_with(|| Seen::new(FORGOTTEN, SystemTime::now()));
+            entry.fingerprint = FORGOTTEN;
+            entry.changed_at = SystemTime::now();
+            entry.invalidating = Some(generation);
+        }
         self.invalidate_then(ino, generation);
+    }
+
+    /// Handle `fh` on content `fingerprint` of `ino` lets the kernel cache
+    /// pages.
+    pub fn claim(&self, fh: u64, ino: u64, fingerprint: u64) {
+        if let Ok(mut claims) = self.claims.lock() {
+            claims.insert(fh, (ino, fingerprint));
+        }
+        let mut seen = self.seen();
+        let entry = seen
+            .entry(ino)
+            .or_insert_with(|| Seen::new(fingerprint, SystemTime::now()));
+        *entry.cached_handles.entry(fingerprint).or_default() += 1;
+    }
+
+    /// Handle `fh` is closed; if it was the last one on older content, the
+    /// pages it may have read are dropped.
+    pub fn release(self: &Arc<Self>, fh: u64) {
+        let Some((ino, fingerprint)) = self.claims.lock().ok().and_then(|mut c| c.remove(&fh))
+        else {
+            return;
+        };
+        let mut seen = self.seen();
+        let Some(entry) = seen.get_mut(&ino) else {
+            return;
+        };
+        if let Some(count) = entry.cached_handles.get_mut(&fingerprint) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                entry.cached_handles.remove(&fingerprint);
+            }
+        }
+        if fingerprint != entry.fingerprint && !entry.stale_handles() {
+            let generation = self
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            entry.invalidating = Some(generation);
+            drop(seen);
+            self.invalidate_then(ino, generation);
+        }
     }
 
     fn invalidate_then(self: &Arc<Self>, ino: u64, generation: u64) {
@@ -152,6 +220,40 @@ mod tests {
         fn invalidate_entry(&self, _: u64, _: &str) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    fn wait_valid(published: &Arc<Published>, ino: u64, fp: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !published.observe(ino, fp).kernel_copy_valid {
+            assert!(std::time::Instant::now() < deadline, "never valid again");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_cached_handle_on_old_content_keeps_opens_direct_until_it_closes() {
+        let published = Arc::new(Published::default());
+        let (tx, rx) = mpsc::channel();
+        published.set_kernel(Arc::new(Recorder(Mutex::new(tx))));
+        assert!(published.observe(7, 1).kernel_copy_valid);
+        published.claim(100, 7, 1);
+        assert!(!published.observe(7, 2).kernel_copy_valid);
+        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(5)), Ok(7));
+        // The invalidation is done, but handle 100 may still read old pages.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!published.observe(7, 2).kernel_copy_valid);
+        published.release(100);
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)),
+            Ok(7),
+            "the last stale handle's close drops the pages again"
+        );
+        wait_valid(&published, 7, 2);
+        // A handle on current content changes nothing.
+        published.claim(101, 7, 2);
+        assert!(published.observe(7, 2).kernel_copy_valid);
+        published.release(101);
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
