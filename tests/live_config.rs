@@ -35,9 +35,29 @@ fn read(path: &Path) -> String {
 fn wait_for_version(daemon: &Daemon, version: &str) {
     let token = daemon.path("registries/changing/token");
     let expected = format!("token-{version}");
-    wait_for(&format!("version {version}"), APPLY_TIMEOUT, || {
+    wait_or_explain(daemon, &format!("version {version}"), || {
         read(&token) == expected
     });
+}
+
+/// Polls `condition` for APPLY_TIMEOUT; on failure shows what the daemon
+/// logged besides FUSE traffic.
+fn wait_or_explain(daemon: &Daemon, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + APPLY_TIMEOUT;
+    while !condition() {
+        if std::time::Instant::now() > deadline {
+            let log = daemon.log();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("Z ") && !l.contains("FUSE("))
+                .collect();
+            panic!(
+                "timed out waiting for {what}; daemon log:\n{}",
+                lines.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Eight threads reading entries no edit touches; each failed or wrong read
@@ -386,7 +406,7 @@ fn values_read_while_they_change_never_stick_in_the_page_cache() {
         let version = format!("s{i:02}");
         write_and_rename(&daemon.config, &config(&version));
         let expected = format!("value-{version}");
-        wait_for(&format!("value {version}"), APPLY_TIMEOUT, || {
+        wait_or_explain(&daemon, &format!("value {version}"), || {
             read(&value) == expected
         });
     }

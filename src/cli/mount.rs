@@ -18,6 +18,11 @@ const REAP_INTERVAL: Duration = Duration::from_secs(30);
 pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
     // Absolute, but symlinks kept: a reload must follow a swapped link.
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
+    // Watching starts before the first read, so an edit made while the
+    // daemon starts is never taken for the state already loaded.
+    let mut watcher = ConfigWatcher::new(vec![config_path.clone()])
+        .map_err(|e| warn!(error = %e, "cannot watch the config; it reloads on SIGHUP only"))
+        .ok();
     let (loaded, sources) = config::load_watched(&config_path);
     let config = match loaded {
         Ok(config) => config,
@@ -25,6 +30,16 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
             eprintln!("{errors}");
             return ExitCode::from(1);
         }
+    };
+    let names_secret_files = sources.len() > 1;
+    if let Some(watcher) = watcher.as_mut() {
+        watcher.set_files(sources);
+    }
+    // A secret file rotated between its first read and its watch: read
+    // everything once more, now that changes are seen.
+    let config = match (names_secret_files, &watcher) {
+        (true, Some(_)) => config::load(&config_path).unwrap_or(config),
+        _ => config,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,7 +51,7 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let served = runtime.block_on(serve(config, sources, mountpoint));
+    let served = runtime.block_on(serve(config, watcher, mountpoint));
     // Blocking storage calls still running must not keep a stopping daemon.
     runtime.shutdown_timeout(Duration::from_secs(2));
     match served {
@@ -51,7 +66,7 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
 
 async fn serve(
     config: Config,
-    sources: Vec<PathBuf>,
+    mut watcher: Option<ConfigWatcher>,
     mountpoint: Option<PathBuf>,
 ) -> Result<(), String> {
     let mountpoint = mountpoint
@@ -103,9 +118,6 @@ async fn serve(
             }
         }
     });
-    let mut watcher = ConfigWatcher::new(sources)
-        .map_err(|e| warn!(error = %e, "cannot watch the config; it reloads on SIGHUP only"))
-        .ok();
     let watched = async |watcher: &mut Option<ConfigWatcher>| match watcher {
         Some(watcher) => watcher.changed().await,
         None => std::future::pending().await,
