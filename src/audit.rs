@@ -9,6 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use tracing::warn;
 
@@ -37,6 +38,9 @@ impl Operation {
 #[derive(Default)]
 pub struct AuditLog {
     file: Mutex<Option<(PathBuf, File)>>,
+    /// Whether a file is configured, read without the lock: most opens
+    /// happen with auditing off and must not pay for it.
+    enabled: AtomicBool,
 }
 
 impl AuditLog {
@@ -48,6 +52,7 @@ impl AuditLog {
             None => None,
         };
         if let Ok(mut slot) = self.file.lock() {
+            self.enabled.store(opened.is_some(), Ordering::Relaxed);
             *slot = opened;
         }
         Ok(())
@@ -71,24 +76,21 @@ impl AuditLog {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.file.lock().is_ok_and(|f| f.is_some())
-    }
-
+    /// Records one operation; `path` is only built when auditing is on.
     pub fn record(
         &self,
         operation: Operation,
-        path: &str,
+        path: impl FnOnce() -> String,
         actor: Caller,
         result: Result<(), &Error>,
     ) {
-        if !self.enabled() {
+        if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
         let line = json!({
             "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             "op": operation.name(),
-            "path": path,
+            "path": path(),
             "uid": actor.uid,
             "gid": actor.gid,
             "pid": actor.pid,
@@ -148,12 +150,17 @@ mod tests {
             uid: 1000,
             gid: 1001,
         };
-        audit.record(Operation::Open, "secrets/a/b", actor, Ok(()));
+        audit.record(Operation::Open, || "secrets/a/b".into(), actor, Ok(()));
         assert!(!path.exists(), "nothing is written without a path");
         audit.configure(Some(&path)).expect("configure");
-        audit.record(Operation::Open, "secrets/a/b", actor, Ok(()));
+        audit.record(Operation::Open, || "secrets/a/b".into(), actor, Ok(()));
         let denied = Error::denied("secrets/a/b: permission denied");
-        audit.record(Operation::Open, "secrets/a/b", actor, Err(&denied));
+        audit.record(
+            Operation::Open,
+            || "secrets/a/b".into(),
+            actor,
+            Err(&denied),
+        );
         let text = std::fs::read_to_string(&path).expect("audit log");
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -182,10 +189,20 @@ mod tests {
             uid: 0,
             gid: 0,
         };
-        audit.record(Operation::Delete, "projects/b/x.zip", actor, Ok(()));
+        audit.record(
+            Operation::Delete,
+            || "projects/b/x.zip".into(),
+            actor,
+            Ok(()),
+        );
         std::fs::rename(&path, dir.path().join("audit.jsonl.1")).expect("rotate");
         audit.reopen();
-        audit.record(Operation::Refresh, "registries/r/refresh", actor, Ok(()));
+        audit.record(
+            Operation::Refresh,
+            || "registries/r/refresh".into(),
+            actor,
+            Ok(()),
+        );
         let rotated = std::fs::read_to_string(dir.path().join("audit.jsonl.1")).expect("old");
         let fresh = std::fs::read_to_string(&path).expect("new");
         assert!(rotated.contains("\"delete\"") && !rotated.contains("\"refresh\""));

@@ -233,3 +233,54 @@ fn a_dentry_cached_for_root_does_not_let_another_user_past_a_closed_directory() 
     assert!(!test_r("1000"));
     assert!(run("test", &["-r", &key]).status.success());
 }
+
+#[test]
+fn an_audit_log_that_cannot_be_opened_stops_the_mount_with_exit_1() {
+    // The audit path lies under a regular file: no directory can be made.
+    let daemon = Daemon::prepare(
+        "[audit]\npath = \"@DIR@/config.toml/audit.jsonl\"\n[secrets.ci]\nkey = \"v\"\n",
+    );
+    let out = run(
+        BIN,
+        &[
+            "mount",
+            "--config",
+            &daemon.config.to_string_lossy(),
+            &daemon.mnt.to_string_lossy(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot open the audit log"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!is_mounted(&daemon.mnt), "nothing stays mounted");
+}
+
+#[test]
+fn chmod_by_someone_other_than_the_owner_is_eperm() {
+    require_program("setpriv");
+    let mut daemon = Daemon::prepare(
+        "[mount]\nallow_other = true\ndir_mode = \"0555\"\nfile_mode = \"0444\"\n[secrets.ci]\nkey = \"chmod-secret-8a9b\"\n",
+    );
+    daemon.secret("chmod-secret-8a9b");
+    daemon.spawn();
+    let key = daemon.path("secrets/ci/key");
+    let key = key.to_string_lossy();
+    let refused = as_user("1000", "chmod", &["600", &key]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("Operation not permitted"),
+        "{}",
+        stderr(&refused)
+    );
+    // The owner (root) may, and nothing changes.
+    assert!(run("chmod", &["600", &key]).status.success());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(daemon.path("secrets/ci/key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o444);
+}

@@ -28,6 +28,14 @@ fn config(version: &str) -> String {
     )
 }
 
+/// A daemon for `text` whose never-changing values must stay out of its log.
+fn prepared(text: &str) -> Daemon {
+    let mut daemon = Daemon::prepare(text);
+    daemon.secret(KEPT_TOKEN);
+    daemon.secret(STABLE_KEY);
+    daemon
+}
+
 fn read(path: &Path) -> String {
     String::from_utf8(fs::read(path).unwrap_or_default()).unwrap_or_default()
 }
@@ -150,7 +158,7 @@ fn last_error(daemon: &Daemon) -> String {
 #[test]
 fn every_edit_style_applies_while_untouched_entries_keep_serving() {
     require_program("sed");
-    let mut daemon = Daemon::prepare(&config("v0"));
+    let mut daemon = prepared(&config("v0"));
     daemon.spawn();
     let config_path = daemon.config.clone();
     wait_for_version(&daemon, "v0");
@@ -225,7 +233,7 @@ fn a_configmap_symlink_swap_applies() {
 
 #[test]
 fn a_hundred_rapid_edits_end_in_the_last_valid_file() {
-    let mut daemon = Daemon::prepare(&config("e0"));
+    let mut daemon = prepared(&config("e0"));
     daemon.spawn();
     let readers = Readers::start(&daemon);
     for i in 1..=100 {
@@ -250,7 +258,7 @@ fn a_hundred_rapid_edits_end_in_the_last_valid_file() {
 
 #[test]
 fn a_broken_edit_is_refused_with_its_place_and_the_fixed_one_applies() {
-    let mut daemon = Daemon::prepare(&config("b1"));
+    let mut daemon = prepared(&config("b1"));
     daemon.spawn();
     let readers = Readers::start(&daemon);
 
@@ -316,7 +324,7 @@ fn a_broken_edit_is_refused_with_its_place_and_the_fixed_one_applies() {
 
 #[test]
 fn a_deleted_config_keeps_the_last_good_one_serving() {
-    let mut daemon = Daemon::prepare(&config("d1"));
+    let mut daemon = prepared(&config("d1"));
     daemon.spawn();
     let readers = Readers::start(&daemon);
     fs::remove_file(&daemon.config).expect("delete the config");
@@ -334,7 +342,7 @@ fn a_deleted_config_keeps_the_last_good_one_serving() {
 
 #[test]
 fn an_empty_config_file_is_refused_on_reload() {
-    let mut daemon = Daemon::prepare(&config("z1"));
+    let mut daemon = prepared(&config("z1"));
     daemon.spawn();
     write_in_place(&daemon.config, "");
     wait_for("the empty file refused", APPLY_TIMEOUT, || {
@@ -388,7 +396,7 @@ fn a_rotated_secret_file_is_served_within_a_second() {
 /// (values of the same length, so the size says nothing) is seen.
 #[test]
 fn values_read_while_they_change_never_stick_in_the_page_cache() {
-    let mut daemon = Daemon::prepare(&config("s00"));
+    let mut daemon = prepared(&config("s00"));
     daemon.spawn();
     let value = daemon.path("secrets/rotating/value");
     let stop = Arc::new(AtomicBool::new(false));

@@ -358,9 +358,8 @@ impl CredFs {
             if let Ok(child) = self.child(&ns, &parent, name)
                 && child.holds_secrets()
             {
-                let path = child.path();
                 self.audit
-                    .record(Operation::Lookup, &path, caller, Err(&denied));
+                    .record(Operation::Lookup, || child.path(), caller, Err(&denied));
             }
             return Err(denied);
         }
@@ -404,11 +403,11 @@ impl CredFs {
         metadata: bool,
         caller: Caller,
     ) -> Result<Attr> {
+        let node = self.node(ino)?;
         if metadata {
-            self.check_owner(&self.namespace(), &self.node(ino)?, caller)?;
+            self.check_owner(&self.namespace(), &node, caller)?;
         }
         if let Some(size) = size {
-            let node = self.node(ino)?;
             if fh.is_none() {
                 self.check_access(&self.namespace(), &node, caller, access::WRITE)?;
             }
@@ -507,7 +506,7 @@ impl CredFs {
         if node.holds_secrets() {
             let result = opened.as_ref().map(|_| ());
             self.audit
-                .record(Operation::Open, &node.path(), caller, result);
+                .record(Operation::Open, || node.path(), caller, result);
         }
         opened
     }
@@ -525,13 +524,12 @@ impl CredFs {
             false => access::READ,
         };
         self.check_access(ns, node, caller, want)?;
-        let (ns, node) = (ns, node.clone());
-        if let Node::Archive(bucket, name) = &node {
+        if let Node::Archive(bucket, name) = node {
             return self
                 .open_archive(ns, ino, bucket, name, flags, caller)
                 .await;
         }
-        if let (Node::RegistryRefresh(name), true) = (&node, flags.write) {
+        if let (Node::RegistryRefresh(name), true) = (node, flags.write) {
             return Ok(Opened {
                 fh: self.handles.insert(Handle::Refresh(name.clone())),
                 cache: CachePolicy::Direct,
@@ -540,10 +538,10 @@ impl CredFs {
             });
         }
         if flags.write || flags.truncate {
-            return Err(refused(&node));
+            return Err(refused(node));
         }
-        let value = self.value(ns, &node).await?;
-        Ok(self.opened_value(ino, &node, value))
+        let value = self.value(ns, node).await?;
+        Ok(self.opened_value(ino, node, value))
     }
 
     /// Answers a read-only open of a secret or of a cached credential's
@@ -565,7 +563,7 @@ impl CredFs {
             _ => return None,
         };
         self.audit
-            .record(Operation::Open, &node.path(), caller, Ok(()));
+            .record(Operation::Open, || node.path(), caller, Ok(()));
         Some(self.opened_value(ino, &node, value))
     }
 

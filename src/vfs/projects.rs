@@ -205,9 +205,9 @@ impl CredFs {
                     .ok_or_else(|| Error::not_found(format!("registries/{name}")))?;
                 tracing::info!(registry = %name, "refresh requested");
                 let refreshed = cached.refresh().await;
-                let path = format!("registries/{name}/refresh");
+                let path = || format!("registries/{name}/refresh");
                 let result = refreshed.as_ref().map(|_| ());
-                self.audit.record(Operation::Refresh, &path, caller, result);
+                self.audit.record(Operation::Refresh, path, caller, result);
                 refreshed?;
                 Ok(data.len() as u32)
             }
@@ -223,14 +223,14 @@ impl CredFs {
             return Ok(());
         };
         let flushed = self.uploads.flush(handle, caller.pid).await;
-        let path = format!("projects/{}/{}", handle.bucket, handle.name);
+        let path = || format!("projects/{}/{}", handle.bucket, handle.name);
         match &flushed {
             Ok(None) => return Ok(()),
             Ok(Some(_)) => {
                 self.forget_archive(&handle.bucket, &handle.name);
-                self.audit.record(Operation::Upload, &path, caller, Ok(()));
+                self.audit.record(Operation::Upload, path, caller, Ok(()));
             }
-            Err(e) => self.audit.record(Operation::Upload, &path, caller, Err(e)),
+            Err(e) => self.audit.record(Operation::Upload, path, caller, Err(e)),
         }
         flushed.map(|_| ())
     }
@@ -254,9 +254,9 @@ impl CredFs {
         let parent_node = self.node(parent)?;
         let deleted = self.delete_archive(&ns, &parent_node, name, caller).await;
         if is_archive_name(name) {
-            let path = format!("{}/{name}", parent_node.path());
+            let path = || format!("{}/{name}", parent_node.path());
             let result = deleted.as_ref().map(|_| ());
-            self.audit.record(Operation::Delete, &path, caller, result);
+            self.audit.record(Operation::Delete, path, caller, result);
         }
         deleted
     }
@@ -315,9 +315,9 @@ impl CredFs {
         if !committed && self.uploads.get(&bucket, name).is_some() {
             if is_archive_name(new_name) {
                 let committed = self.uploads.commit_staged(&bucket, name, new_name).await;
-                let path = format!("projects/{bucket}/{new_name}");
+                let path = || format!("projects/{bucket}/{new_name}");
                 let result = committed.as_ref().map(|_| ());
-                self.audit.record(Operation::Upload, &path, caller, result);
+                self.audit.record(Operation::Upload, path, caller, result);
                 committed?;
             } else {
                 self.uploads.rename(&bucket, name, new_name)?;

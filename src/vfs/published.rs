@@ -96,10 +96,7 @@ impl Published {
         }
         entry.fingerprint = fingerprint;
         entry.changed_at = now;
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        entry.invalidating = Some(generation);
+        let generation = self.mark_invalidating(entry);
         drop(seen);
         self.invalidate_then(ino, generation);
         Observed {
@@ -111,19 +108,25 @@ impl Published {
     /// Content of `ino` changed through us (an upload, a delete): the kernel
     /// must drop its copy, and opens bypass the cache until it has.
     pub fn forget(self: &Arc<Self>, ino: u64) {
+        let mut seen = self.seen();
+        let entry = seen
+            .entry(ino)
+            .or_insert_with(|| Seen::new(FORGOTTEN, SystemTime::now()));
+        entry.fingerprint = FORGOTTEN;
+        entry.changed_at = SystemTime::now();
+        let generation = self.mark_invalidating(entry);
+        drop(seen);
+        self.invalidate_then(ino, generation);
+    }
+
+    /// Opens bypass the cache until the invalidation numbered by the
+    /// returned generation is done.
+    fn mark_invalidating(&self, entry: &mut Seen) -> u64 {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        {
-            let mut seen = self.seen();
-            let entry = seen
-                .entry(ino)
-                .or_insert_with(|| Seen::new(FORGOTTEN, SystemTime::now()));
-            entry.fingerprint = FORGOTTEN;
-            entry.changed_at = SystemTime::now();
-            entry.invalidating = Some(generation);
-        }
-        self.invalidate_then(ino, generation);
+        entry.invalidating = Some(generation);
+        generation
     }
 
     /// Handle `fh` on content `fingerprint` of `ino` lets the kernel cache
@@ -157,10 +160,7 @@ impl Published {
             }
         }
         if fingerprint != entry.fingerprint && !entry.stale_handles() {
-            let generation = self
-                .generation
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            entry.invalidating = Some(generation);
+            let generation = self.mark_invalidating(entry);
             drop(seen);
             self.invalidate_then(ino, generation);
         }
