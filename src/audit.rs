@@ -1,7 +1,8 @@
 //! The audit log of `[audit] path`: one JSON line per open of a secret and
-//! per upload, delete and refresh, naming who and what, never a value.
+//! per upload, overwrite, rename, delete and refresh, naming who and what,
+//! never a value. Names are JSON strings, so no name can forge a line.
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind, Result};
 use crate::vfs::Caller;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
@@ -19,6 +20,9 @@ pub enum Operation {
     Open,
     Lookup,
     Upload,
+    /// An upload or a rename that replaced an existing archive.
+    Overwrite,
+    Rename,
     Delete,
     Refresh,
 }
@@ -29,6 +33,8 @@ impl Operation {
             Operation::Open => "open",
             Operation::Lookup => "lookup",
             Operation::Upload => "upload",
+            Operation::Overwrite => "overwrite",
+            Operation::Rename => "rename",
             Operation::Delete => "delete",
             Operation::Refresh => "refresh",
         }
@@ -41,6 +47,11 @@ pub struct AuditLog {
     /// Whether a file is configured, read without the lock: most opens
     /// happen with auditing off and must not pay for it.
     enabled: AtomicBool,
+    /// `[audit] fail_closed`: an open of a secret that cannot be recorded
+    /// fails.
+    fail_closed: AtomicBool,
+    /// Why the last line could not be written, until one is again.
+    failure: Mutex<Option<String>>,
 }
 
 impl AuditLog {
@@ -56,6 +67,19 @@ impl AuditLog {
             *slot = opened;
         }
         Ok(())
+    }
+
+    pub fn set_fail_closed(&self, fail_closed: bool) {
+        self.fail_closed.store(fail_closed, Ordering::Relaxed);
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Why lines are not being written, for `status.json`.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok()?.clone()
     }
 
     pub fn path(&self) -> Option<PathBuf> {
@@ -77,20 +101,62 @@ impl AuditLog {
     }
 
     /// Records one operation; `path` is only built when auditing is on.
+    /// A line that cannot be written is a warning, here and in
+    /// `status.json`.
     pub fn record(
         &self,
         operation: Operation,
         path: impl FnOnce() -> String,
         actor: Caller,
-        result: Result<(), &Error>,
+        result: std::result::Result<(), &Error>,
     ) {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return;
+        if self.is_enabled() {
+            let _ = self.write(operation, path(), None, actor, result);
         }
-        let line = json!({
+    }
+
+    /// Records an open of a secret. With `fail_closed`, a line that cannot
+    /// be written is an error (EIO): no secret is handed out unrecorded.
+    pub fn record_open(
+        &self,
+        path: impl FnOnce() -> String,
+        actor: Caller,
+        result: std::result::Result<(), &Error>,
+    ) -> Result<()> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        match self.write(Operation::Open, path(), None, actor, result) {
+            Err(e) if self.fail_closed.load(Ordering::Relaxed) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a rename of `from` to `to`.
+    pub fn record_rename(
+        &self,
+        from: impl FnOnce() -> String,
+        to: impl FnOnce() -> String,
+        actor: Caller,
+        result: std::result::Result<(), &Error>,
+    ) {
+        if self.is_enabled() {
+            let _ = self.write(Operation::Rename, to(), Some(from()), actor, result);
+        }
+    }
+
+    fn write(
+        &self,
+        operation: Operation,
+        path: String,
+        from: Option<String>,
+        actor: Caller,
+        result: std::result::Result<(), &Error>,
+    ) -> Result<()> {
+        let mut line = json!({
             "time": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             "op": operation.name(),
-            "path": path(),
+            "path": path,
             "uid": actor.uid,
             "gid": actor.gid,
             "pid": actor.pid,
@@ -100,16 +166,33 @@ impl AuditLog {
                 Err(e) => e.kind().errno_name(),
             },
         });
+        if let Some(from) = from {
+            line["from"] = json!(from);
+        }
         let mut text = line.to_string();
         text.push('\n');
         let Ok(mut slot) = self.file.lock() else {
-            return;
+            return Err(Error::new(ErrorKind::Provider, "the audit log is unusable"));
         };
-        if let Some((path, file)) = slot.as_mut()
-            // One write per line on an O_APPEND file: lines never interleave.
-            && let Err(e) = file.write_all(text.as_bytes())
-        {
-            warn!(path = %path.display(), error = %e, "cannot write the audit log");
+        let Some((path, file)) = slot.as_mut() else {
+            return Ok(());
+        };
+        // One write per line on an O_APPEND file: lines never interleave.
+        let written = file.write_all(text.as_bytes());
+        let failure = written
+            .as_ref()
+            .err()
+            .map(|e| format!("cannot write the audit log {}: {e}", path.display()));
+        drop(slot);
+        if let Some(message) = &failure {
+            warn!(error = %message, "audit line lost");
+        }
+        if let Ok(mut slot) = self.failure.lock() {
+            *slot = failure.clone();
+        }
+        match failure {
+            Some(message) => Err(Error::new(ErrorKind::Provider, message)),
+            None => Ok(()),
         }
     }
 }

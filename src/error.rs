@@ -70,11 +70,22 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Control characters in `message` (a file name with a newline, a
+    /// helper's multi-line stderr) are escaped: no message can forge a log
+    /// line.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-        }
+        let message = message.into();
+        let message = match message.contains(char::is_control) {
+            true => message
+                .chars()
+                .map(|c| match c.is_control() {
+                    true => c.escape_default().to_string(),
+                    false => c.to_string(),
+                })
+                .collect(),
+            false => message,
+        };
+        Error { kind, message }
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -135,6 +146,12 @@ impl std::error::Error for Error {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let e = Error::invalid("projects/b/x\nFAKE line\u{1b}[31m");
+        assert_eq!(e.message(), "projects/b/x\\nFAKE line\\u{1b}[31m");
+    }
 
     #[test]
     fn io_errors_keep_the_errno_callers_act_on() {

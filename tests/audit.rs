@@ -284,3 +284,154 @@ fn chmod_by_someone_other_than_the_owner_is_eperm() {
         .mode();
     assert_eq!(mode & 0o777, 0o444);
 }
+
+#[test]
+fn renames_overwrites_and_deletes_are_audited() {
+    let daemon = start();
+    let audit = daemon.dir.path().join("log/audit.jsonl");
+    let bucket = |name: &str| daemon.path(&format!("projects/builds/{name}"));
+    let zip = make_zip(daemon.dir.path(), "app.zip", 4096);
+    assert!(cp(&zip, &bucket("a.zip")).status.success());
+    assert!(cp(&zip, &bucket("a.zip")).status.success(), "overwrite");
+    fs::rename(bucket("a.zip"), bucket("b.zip")).expect("rename");
+    assert!(cp(&zip, &bucket("c.zip")).status.success());
+    fs::rename(bucket("c.zip"), bucket("b.zip")).expect("rename over b.zip");
+    assert!(cp(&zip, &bucket("staged")).status.success());
+    fs::rename(bucket("staged"), bucket("d.zip")).expect("commit a staging file");
+    fs::remove_file(bucket("b.zip")).expect("delete");
+
+    let all = lines(&audit);
+    let ops = |path: &str| -> Vec<String> {
+        all.iter()
+            .filter(|l| l["path"] == path && l["op"] != "open")
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["op"].as_str().unwrap_or(""),
+                    l["result"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        ops("projects/builds/a.zip"),
+        ["upload ok", "overwrite ok"],
+        "{all:?}"
+    );
+    assert_eq!(
+        ops("projects/builds/b.zip"),
+        ["rename ok", "rename ok", "overwrite ok", "delete ok"],
+        "{all:?}"
+    );
+    assert_eq!(
+        ops("projects/builds/d.zip"),
+        ["rename ok", "upload ok"],
+        "{all:?}"
+    );
+    let renames: Vec<&Value> = all.iter().filter(|l| l["op"] == "rename").collect();
+    let froms: Vec<&str> = renames.iter().filter_map(|l| l["from"].as_str()).collect();
+    assert_eq!(
+        froms,
+        [
+            "projects/builds/a.zip",
+            "projects/builds/c.zip",
+            "projects/builds/staged"
+        ]
+    );
+    assert!(renames.iter().all(|l| l["uid"] == 0 && l["result"] == "ok"));
+}
+
+#[test]
+fn a_name_with_a_newline_cannot_forge_a_log_or_audit_line() {
+    let daemon = start();
+    let audit = daemon.dir.path().join("log/audit.jsonl");
+    let forged = "FORGED-LINE credfs: all is well";
+    let name = format!("stage\n{forged}");
+    let staging = daemon.path(&format!("projects/builds/{name}"));
+    fs::write(&staging, b"not an archive").expect("a staging file");
+    // uid 1000 may not read it: the refusal is logged with its path.
+    let denied = as_user("1000", "cat", &[&staging.to_string_lossy()]);
+    assert!(!denied.status.success());
+    // A bad archive: the rename is refused, and audited with its name.
+    let refused = fs::rename(&staging, daemon.path("projects/builds/forged.zip"))
+        .expect_err("not a ZIP archive");
+    assert_eq!(refused.raw_os_error(), Some(libc::EINVAL));
+    let all = lines(&audit);
+    let rename = entries(&all, "rename", "projects/builds/forged.zip");
+    assert_eq!(rename.len(), 1, "{all:?}");
+    assert_eq!(rename[0]["from"], format!("projects/builds/{name}"));
+    assert_eq!(rename[0]["result"], "EINVAL");
+    let text = fs::read_to_string(&audit).expect("audit");
+    let log = daemon.log();
+    for (place, text) in [("the audit log", &text), ("the daemon log", &log)] {
+        assert!(
+            text.lines().all(|line| !line.starts_with("FORGED-LINE")),
+            "{place} has a forged line:\n{text}"
+        );
+    }
+    assert!(
+        log.contains("FORGED-LINE"),
+        "the refusal was logged:\n{log}"
+    );
+}
+
+/// `/dev/full` takes the file open but refuses every write (ENOSPC).
+fn start_with_unwritable_audit(fail_closed: bool) -> Daemon {
+    let config = CONFIG.replace(
+        "path = \"@DIR@/log/audit.jsonl\"",
+        &format!("path = \"/dev/full\"\nfail_closed = {fail_closed}"),
+    );
+    let mut daemon = Daemon::prepare(&config);
+    for secret in [SHARED, PRIVATE, API_KEY] {
+        daemon.secret(secret);
+    }
+    daemon.spawn();
+    daemon
+}
+
+fn audit_status(daemon: &Daemon) -> Value {
+    let status = fs::read(daemon.path("status.json")).expect("status.json");
+    let status: Value = serde_json::from_slice(&status).expect("status.json is JSON");
+    status["audit"].clone()
+}
+
+#[test]
+fn fail_closed_refuses_a_secret_whose_audit_line_cannot_be_written() {
+    let daemon = start_with_unwritable_audit(true);
+    for path in [
+        "secrets/ci/api_key",
+        "registries/shared/token",
+        "docker/config.json",
+    ] {
+        let out = run("cat", &[&daemon.path(path).to_string_lossy()]);
+        assert!(out.stdout.is_empty(), "{path} was served unrecorded");
+        assert!(
+            stderr(&out).contains("Input/output error"),
+            "{path}: {}",
+            stderr(&out)
+        );
+    }
+    let audit = audit_status(&daemon);
+    assert_eq!(audit["state"], "error", "{audit}");
+    assert_eq!(audit["fail_closed"], true);
+    assert!(
+        audit["error"].as_str().unwrap_or("").contains("/dev/full"),
+        "{audit}"
+    );
+    // What holds no secret is still served.
+    assert!(fs::read(daemon.path("status.json")).is_ok());
+}
+
+#[test]
+fn by_default_an_unwritable_audit_log_is_a_warning_not_a_refusal() {
+    let daemon = start_with_unwritable_audit(false);
+    let out = run(
+        "cat",
+        &[&daemon.path("secrets/ci/api_key").to_string_lossy()],
+    );
+    assert_eq!(out.stdout, API_KEY.as_bytes(), "{}", stderr(&out));
+    let audit = audit_status(&daemon);
+    assert_eq!(audit["state"], "error", "{audit}");
+    assert_eq!(audit["fail_closed"], false);
+    assert!(daemon.log().contains("audit line lost"), "{}", daemon.log());
+}

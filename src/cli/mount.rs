@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 const REAP_INTERVAL: Duration = Duration::from_secs(30);
 
 pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
+    keep_memory_private();
     // Absolute, but symlinks kept: a reload must follow a swapped link.
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
     // Watching starts before the first read, so an edit made while the
@@ -91,7 +92,9 @@ async fn serve(
     };
     let config_path = config.path.clone();
     let audit_path = config.audit.as_ref().map(|a| a.path.clone());
+    let fail_closed = config.audit.as_ref().is_some_and(|a| a.fail_closed);
     let fs = Arc::new(CredFs::new(Namespace::build(config, None).await));
+    fs.audit.set_fail_closed(fail_closed);
     if let Some(path) = &audit_path {
         fs.audit
             .configure(Some(path))
@@ -199,5 +202,24 @@ fn refuse_empty(path: &Path, config: Config) -> Result<Config, config::ConfigErr
             message: "the config file is empty; refusing to drop every entry (write a comment to serve an empty tree)".into(),
         }])),
         _ => Ok(config),
+    }
+}
+
+/// No core file and no /proc/PID/mem for anyone but root with
+/// CAP_SYS_PTRACE: the daemon's memory holds every credential it serves.
+fn keep_memory_private() {
+    // SAFETY: plain syscalls on the calling process with constant arguments.
+    let (dumpable, core) = unsafe {
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        (
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core),
+        )
+    };
+    if dumpable != 0 || core != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "cannot keep the daemon from dumping core");
     }
 }

@@ -45,6 +45,8 @@ pub struct MountConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditConfig {
     pub path: PathBuf,
+    /// An open of a secret fails (EIO) when its line cannot be written.
+    pub fail_closed: bool,
 }
 
 /// Per-entry owner and mode; `None` falls back to `[mount]`.

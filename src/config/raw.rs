@@ -38,6 +38,7 @@ pub struct RawMount {
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub path: Spanned<String>,
+    pub fail_closed: Option<bool>,
 }
 
 #[derive(Deserialize)]

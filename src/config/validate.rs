@@ -181,6 +181,7 @@ impl Checker<'_> {
         };
         let audit = raw.audit.map(|a| AuditConfig {
             path: PathBuf::from(a.path.into_inner()),
+            fail_closed: a.fail_closed.unwrap_or(false),
         });
         let mut registries = BTreeMap::new();
         for (name, registry) in raw.registries {

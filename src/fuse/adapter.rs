@@ -181,16 +181,17 @@ impl Filesystem for FuseAdapter {
         let caller = caller(req);
         self.spawn(move |fs| async move {
             match fs.lookup(parent.0, &name, caller).await {
-                Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+                Ok(attr) => reply.entry(&attr.ttl(), &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.getattr(ino.0, fh.map(|f| f.0)).await {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            match fs.getattr(ino.0, fh.map(|f| f.0), caller).await {
+                Ok(attr) => reply.attr(&attr.ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -222,7 +223,7 @@ impl Filesystem for FuseAdapter {
                 .setattr(ino.0, size, fh.map(|f| f.0), metadata || times, caller)
                 .await
             {
-                Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&attr.ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -369,7 +370,7 @@ impl Filesystem for FuseAdapter {
     ) {
         self.spawn(move |fs| async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => reply.data(data.as_slice()),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -306,7 +306,7 @@ impl Uploads {
         }
         let info = pending.commit(to, true).await?;
         self.remove_if_same(bucket, from, &pending);
-        info!(path = %format!("projects/{bucket}/{to}"), size = info.size, from, "archive committed by rename");
+        info!(path = ?format!("projects/{bucket}/{to}"), size = info.size, from, "archive committed by rename");
         Ok(info)
     }
 
@@ -349,7 +349,7 @@ impl Uploads {
         };
         let mut names = Vec::new();
         for ((bucket, name), pending) in expired {
-            warn!(path = %format!("projects/{bucket}/{name}"), "dropping a staging file never renamed to an archive");
+            warn!(path = ?format!("projects/{bucket}/{name}"), "dropping a staging file never renamed to an archive");
             pending.abort().await;
             names.push((bucket, name));
         }

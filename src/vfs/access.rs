@@ -23,26 +23,39 @@ impl CredFs {
         caller: Caller,
         want: u16,
     ) -> Result<()> {
-        let mut groups = SupplementaryGroups::of(caller.pid);
+        self.check_access_as(ns, node, &mut Credentials::of(caller), want)
+    }
+
+    /// `check_access` with credentials already read, for checks of many
+    /// entries on behalf of one caller (an aggregated file).
+    pub(super) fn check_access_as(
+        &self,
+        ns: &Namespace,
+        node: &Node,
+        credentials: &mut Credentials,
+        want: u16,
+    ) -> Result<()> {
         let mut ancestor = node.parent();
         while let Some(dir) = ancestor {
-            if !allows(self.ownership(ns, &dir), caller, SEARCH, true, &mut groups) {
+            if !allows(self.ownership(ns, &dir), SEARCH, true, credentials) {
                 return Err(Error::denied(format!("{}: permission denied", dir.path())));
             }
             ancestor = dir.parent();
         }
         let ownership = self.ownership(ns, node);
-        if allows(ownership, caller, want, node.is_dir(), &mut groups) {
+        if allows(ownership, want, node.is_dir(), credentials) {
             Ok(())
         } else {
             Err(Error::denied(format!("{}: permission denied", node.path())))
         }
     }
 
-    /// chmod, chown and utime: only the owner or root, as the kernel has it.
+    /// chmod, chown and utime: only the owner, or a caller with
+    /// CAP_FOWNER, as the kernel has it.
     pub(super) fn check_owner(&self, ns: &Namespace, node: &Node, caller: Caller) -> Result<()> {
         let owner = self.ownership(ns, node).uid;
-        if caller.uid == 0 || caller.uid == owner {
+        let mut credentials = Credentials::of(caller);
+        if caller.uid == owner || credentials.has(CAP_FOWNER) {
             Ok(())
         } else {
             Err(Error::new(
@@ -53,120 +66,196 @@ impl CredFs {
     }
 }
 
-fn allows(
-    ownership: Ownership,
-    caller: Caller,
-    want: u16,
-    dir: bool,
-    groups: &mut SupplementaryGroups,
-) -> bool {
-    if caller.uid == 0 {
-        // Root reads, writes and searches anything, but executes only
-        // what some execute bit allows.
-        return dir || want & SEARCH == 0 || ownership.perm & 0o111 != 0;
-    }
+/// The kernel's `generic_permission`: the one class of bits that applies
+/// (owner, else group, else other) decides, and only a capability lets a
+/// caller past them, whatever its uid.
+fn allows(ownership: Ownership, want: u16, dir: bool, credentials: &mut Credentials) -> bool {
+    let caller = credentials.caller;
     let granted = if caller.uid == ownership.uid {
         ownership.perm >> 6
-    } else if caller.gid == ownership.gid || groups.contains(ownership.gid) {
+    } else if caller.gid == ownership.gid || credentials.in_group(ownership.gid) {
         ownership.perm >> 3
     } else {
         ownership.perm
     } & 0o7;
-    granted & want == want
+    if granted & want == want {
+        return true;
+    }
+    if dir {
+        return (want & WRITE == 0 && credentials.has(CAP_DAC_READ_SEARCH))
+            || credentials.has(CAP_DAC_OVERRIDE);
+    }
+    if want == READ && credentials.has(CAP_DAC_READ_SEARCH) {
+        return true;
+    }
+    // Even CAP_DAC_OVERRIDE executes only what some execute bit allows.
+    (want & SEARCH == 0 || ownership.perm & 0o111 != 0) && credentials.has(CAP_DAC_OVERRIDE)
 }
 
-/// The caller's other groups, read from /proc only when a group decides.
-struct SupplementaryGroups {
-    pid: u32,
-    loaded: Option<Vec<u32>>,
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_FOWNER: u32 = 3;
+
+/// The caller's ids, and what /proc says of its other groups and its
+/// effective capabilities, read once and only when a check needs them.
+pub(super) struct Credentials {
+    caller: Caller,
+    status: Option<ProcStatus>,
 }
 
-impl SupplementaryGroups {
-    fn of(pid: u32) -> Self {
-        SupplementaryGroups { pid, loaded: None }
+#[derive(Default)]
+struct ProcStatus {
+    groups: Vec<u32>,
+    effective_caps: u64,
+}
+
+impl Credentials {
+    pub(super) fn of(caller: Caller) -> Self {
+        Credentials {
+            caller,
+            status: None,
+        }
     }
 
-    fn contains(&mut self, gid: u32) -> bool {
-        let pid = self.pid;
-        self.loaded
-            .get_or_insert_with(|| read_groups(pid))
-            .contains(&gid)
+    fn status(&mut self) -> &ProcStatus {
+        let pid = self.caller.pid;
+        self.status.get_or_insert_with(|| read_status(pid))
+    }
+
+    fn in_group(&mut self, gid: u32) -> bool {
+        self.status().groups.contains(&gid)
+    }
+
+    fn has(&mut self, capability: u32) -> bool {
+        self.status().effective_caps & (1 << capability) != 0
     }
 }
 
-/// `Groups:` of /proc/PID/status; the kernel gives the caller's pid as seen
-/// from the daemon's pid namespace (0 when it cannot be seen: no groups).
-fn read_groups(pid: u32) -> Vec<u32> {
+/// `Groups:` and `CapEff:` of /proc/PID/status. The kernel gives the pid of
+/// the calling thread as seen from the daemon's pid namespace (0 when it
+/// cannot be seen: no groups, no capabilities). Capabilities held in
+/// another user namespace are not counted: there they govern only the
+/// ids that namespace maps, and not counting them fails closed.
+fn read_status(pid: u32) -> ProcStatus {
     if pid == 0 {
-        return Vec::new();
+        return ProcStatus::default();
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+    };
+    let groups = field("Groups:")
         .map(|groups| {
             groups
                 .split_whitespace()
                 .filter_map(|g| g.parse().ok())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let effective_caps = match same_user_namespace(pid) {
+        true => field("CapEff:")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .unwrap_or(0),
+        false => 0,
+    };
+    ProcStatus {
+        groups,
+        effective_caps,
+    }
+}
+
+fn same_user_namespace(pid: u32) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user"));
+    let ours = std::fs::read_link("/proc/self/ns/user");
+    matches!((theirs, ours), (Ok(a), Ok(b)) if a == b)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn caller(uid: u32, gid: u32) -> Caller {
-        Caller { pid: 0, uid, gid }
+    fn credentials(uid: u32, gid: u32, caps: &[u32]) -> Credentials {
+        Credentials {
+            caller: Caller { pid: 0, uid, gid },
+            status: Some(ProcStatus {
+                groups: vec![30],
+                effective_caps: caps.iter().fold(0, |all, cap| all | 1 << cap),
+            }),
+        }
     }
 
-    fn check(perm: u16, who: Caller, want: u16, dir: bool) -> bool {
+    fn check(perm: u16, who: (u32, u32), caps: &[u32], want: u16, dir: bool) -> bool {
         let ownership = Ownership {
             uid: 10,
             gid: 20,
             perm,
         };
-        let mut groups = SupplementaryGroups {
-            pid: 0,
-            loaded: Some(vec![30]),
-        };
-        allows(ownership, who, want, dir, &mut groups)
+        allows(ownership, want, dir, &mut credentials(who.0, who.1, caps))
     }
 
     #[test]
     fn owner_group_and_other_bits_decide_in_that_order() {
-        assert!(check(0o400, caller(10, 99), READ, false));
-        assert!(!check(0o400, caller(11, 20), READ, false));
-        assert!(check(0o440, caller(11, 20), READ, false));
+        assert!(check(0o400, (10, 99), &[], READ, false));
+        assert!(!check(0o400, (11, 20), &[], READ, false));
+        assert!(check(0o440, (11, 20), &[], READ, false));
         // The owner class decides even when "other" would allow more.
-        assert!(!check(0o044, caller(10, 99), READ, false));
-        assert!(!check(0o440, caller(11, 21), READ, false));
-        assert!(check(0o444, caller(11, 21), READ, false));
-        assert!(!check(0o444, caller(11, 21), WRITE, false));
-        assert!(check(0o500, caller(10, 20), READ | SEARCH, true));
+        assert!(!check(0o044, (10, 99), &[], READ, false));
+        assert!(!check(0o440, (11, 21), &[], READ, false));
+        assert!(check(0o444, (11, 21), &[], READ, false));
+        assert!(!check(0o444, (11, 21), &[], WRITE, false));
+        assert!(check(0o500, (10, 20), &[], READ | SEARCH, true));
     }
 
     #[test]
     fn supplementary_groups_count() {
-        let mut member = caller(11, 99);
-        member.pid = 0;
         let ownership = Ownership {
             uid: 10,
             gid: 30,
             perm: 0o440,
         };
-        let mut groups = SupplementaryGroups {
-            pid: 0,
-            loaded: Some(vec![30]),
-        };
-        assert!(allows(ownership, member, READ, false, &mut groups));
+        assert!(allows(
+            ownership,
+            READ,
+            false,
+            &mut credentials(11, 99, &[])
+        ));
     }
 
     #[test]
-    fn root_passes_except_for_execute_without_any_x_bit() {
-        assert!(check(0o000, caller(0, 0), READ | WRITE, false));
-        assert!(check(0o000, caller(0, 0), SEARCH, true));
-        assert!(!check(0o600, caller(0, 0), SEARCH, false));
+    fn root_without_capabilities_gets_the_mode_bits() {
+        assert!(!check(0o400, (0, 0), &[], READ, false));
+        assert!(!check(0o500, (0, 0), &[], SEARCH, true));
+        assert!(check(0o444, (0, 0), &[], READ, false));
+    }
+
+    #[test]
+    fn capabilities_pass_the_mode_bits_as_the_kernel_allows() {
+        let full = [CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH];
+        assert!(check(0o000, (0, 0), &full, READ | WRITE, false));
+        assert!(check(0o000, (0, 0), &full, SEARCH, true));
+        assert!(!check(0o600, (0, 0), &full, SEARCH, false));
+        // Read-search reads and searches, but never writes.
+        let read_search = [CAP_DAC_READ_SEARCH];
+        assert!(check(0o000, (1000, 1000), &read_search, READ, false));
+        assert!(check(
+            0o000,
+            (1000, 1000),
+            &read_search,
+            READ | SEARCH,
+            true
+        ));
+        assert!(!check(0o000, (1000, 1000), &read_search, WRITE, false));
+        assert!(!check(0o000, (1000, 1000), &read_search, WRITE, true));
+        // A capability counts for any uid, not only for root.
+        assert!(check(
+            0o000,
+            (1000, 1000),
+            &[CAP_DAC_OVERRIDE],
+            WRITE,
+            false
+        ));
     }
 }

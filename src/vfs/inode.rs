@@ -74,6 +74,12 @@ impl Node {
         )
     }
 
+    /// Whether what it shows depends on who reads it: an aggregate of
+    /// entries each with its own owner and mode.
+    pub fn is_per_caller(&self) -> bool {
+        matches!(self, Node::DockerConfig)
+    }
+
     pub fn parent(&self) -> Option<Node> {
         Some(match self {
             Node::Root => return None,

@@ -20,6 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::registry::{self, RegistryFile};
 use crate::secret::Secret;
 use crate::upload::Uploads;
+use access::Credentials;
 use handles::Handles;
 use inode::{Inodes, Node};
 use io_modes::IoModes;
@@ -47,6 +48,16 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub ownership: Ownership,
+    /// What it shows depends on who asks: the kernel must not keep it for
+    /// the next caller.
+    pub per_caller: bool,
+}
+
+impl Attr {
+    /// How long the kernel may keep this name and these attributes.
+    pub fn ttl(&self) -> Duration {
+        if self.per_caller { Duration::ZERO } else { TTL }
+    }
 }
 
 /// Who made a request.
@@ -55,6 +66,22 @@ pub struct Caller {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// What a read returns. A value is answered from the secret itself, so no
+/// unwiped copy of it outlives the reply.
+pub enum ReadData {
+    Bytes(Vec<u8>),
+    Secret(Secret, std::ops::Range<usize>),
+}
+
+impl ReadData {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadData::Bytes(bytes) => bytes,
+            ReadData::Secret(secret, range) => &secret.expose()[range.clone()],
+        }
+    }
 }
 
 /// How the kernel may cache an opened file.
@@ -141,6 +168,8 @@ impl CredFs {
     /// the kernel forgets names that are gone and re-reads what it cached.
     pub async fn reload(&self, config: crate::config::Config) {
         let audit_path = config.audit.as_ref().map(|a| a.path.clone());
+        self.audit
+            .set_fail_closed(config.audit.as_ref().is_some_and(|a| a.fail_closed));
         if audit_path != self.audit.path()
             && let Err(e) = self.audit.configure(audit_path.as_deref())
         {
@@ -252,8 +281,8 @@ impl CredFs {
         }
     }
 
-    /// The bytes a value file shows now.
-    async fn value(&self, ns: &Namespace, node: &Node) -> Result<Secret> {
+    /// The bytes a value file shows `caller` now.
+    async fn value(&self, ns: &Namespace, node: &Node, caller: Caller) -> Result<Secret> {
         match node {
             Node::RegistryFile(name, file) => {
                 let cached = ns
@@ -267,14 +296,22 @@ impl CredFs {
                 Ok(registry::render(*file, &credential))
             }
             Node::DockerConfig => {
-                let mut credentials = Vec::new();
-                for cached in ns.registries.values() {
-                    if let Ok(credential) = cached.get().await {
-                        credentials.push(credential);
+                // Only what the caller could read on its own, registry by
+                // registry: the aggregate must not widen anyone's access.
+                let mut credentials = Credentials::of(caller);
+                let mut readable = Vec::new();
+                for (name, cached) in &ns.registries {
+                    let password = Node::RegistryFile(name.clone(), RegistryFile::Password);
+                    if self
+                        .check_access_as(ns, &password, &mut credentials, access::READ)
+                        .is_ok()
+                        && let Ok(credential) = cached.get().await
+                    {
+                        readable.push(credential);
                     }
                 }
                 Ok(registry::docker_config_json(
-                    credentials.iter().map(|c| c.as_ref()),
+                    readable.iter().map(|c| c.as_ref()),
                 ))
             }
             Node::RegistryRefresh(_) => Ok(Secret::empty()),
@@ -287,7 +324,12 @@ impl CredFs {
                 .ok_or_else(|| Error::not_found(node.path())),
             Node::Status => {
                 let last_error = self.last_error.lock().ok().and_then(|e| e.clone());
-                Ok(status_doc::render(ns, &self.uploads, last_error.as_ref()))
+                Ok(status_doc::render(
+                    ns,
+                    &self.uploads,
+                    &self.audit,
+                    last_error.as_ref(),
+                ))
             }
             _ => Err(Error::new(ErrorKind::IsADirectory, node.path())),
         }
@@ -316,7 +358,7 @@ impl CredFs {
         }
     }
 
-    async fn attr_of(&self, ns: &Namespace, node: &Node) -> Result<Attr> {
+    async fn attr_of(&self, ns: &Namespace, node: &Node, caller: Caller) -> Result<Attr> {
         if !self.exists(ns, node) {
             return Err(Error::not_found(node.path()));
         }
@@ -329,11 +371,18 @@ impl CredFs {
                 size: 0,
                 mtime: ns.loaded_at,
                 ownership,
+                per_caller: false,
             });
         }
         let (size, mtime) = match node {
             Node::Archive(bucket, name) => self.archive_size(ns, bucket, name).await?,
-            _ => match self.value(ns, node).await {
+            Node::DockerConfig => match self.value(ns, node, caller).await {
+                // Not a fingerprint: what one caller sees says nothing of
+                // what the kernel cached for another.
+                Ok(value) => (value.len() as u64, ns.loaded_at),
+                Err(_) => (0, ns.loaded_at),
+            },
+            _ => match self.value(ns, node, caller).await {
                 Ok(value) => {
                     let seen = self.published.observe(ino, fingerprint(value.expose()));
                     (value.len() as u64, seen.changed_at)
@@ -348,6 +397,7 @@ impl CredFs {
             size,
             mtime,
             ownership,
+            per_caller: node.is_per_caller(),
         })
     }
 
@@ -364,7 +414,7 @@ impl CredFs {
             return Err(denied);
         }
         let child = self.child(&ns, &parent, name)?;
-        self.attr_of(&ns, &child).await
+        self.attr_of(&ns, &child, caller).await
     }
 
     /// What `access(2)` answers: `mask` holds R_OK, W_OK and X_OK bits.
@@ -377,7 +427,7 @@ impl CredFs {
         self.check_access(&ns, &node, caller, mask & 0o7)
     }
 
-    pub async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Attr> {
+    pub async fn getattr(&self, ino: u64, fh: Option<u64>, caller: Caller) -> Result<Attr> {
         let ns = self.namespace();
         let node = self.node(ino)?;
         if let Some(Handle::Write(handle)) = fh.and_then(|fh| self.handles.get(fh)).as_deref() {
@@ -387,9 +437,10 @@ impl CredFs {
                 size: handle.size(),
                 mtime: handle.modified(),
                 ownership: self.ownership(&ns, &node),
+                per_caller: false,
             });
         }
-        self.attr_of(&ns, &node).await
+        self.attr_of(&ns, &node, caller).await
     }
 
     /// chmod, chown and utime change nothing (owners and modes come from the
@@ -426,7 +477,7 @@ impl CredFs {
                 _ => return Err(refused(&node)),
             }
         }
-        self.getattr(ino, fh).await
+        self.getattr(ino, fh, caller).await
     }
 
     pub async fn opendir(&self, ino: u64, caller: Caller) -> Result<u64> {
@@ -505,8 +556,12 @@ impl CredFs {
         let opened = self.open_checked(&ns, ino, &node, flags, caller).await;
         if node.holds_secrets() {
             let result = opened.as_ref().map(|_| ());
-            self.audit
-                .record(Operation::Open, || node.path(), caller, result);
+            if let Err(unrecorded) = self.audit.record_open(|| node.path(), caller, result) {
+                if let Ok(handle) = &opened {
+                    self.release_now(handle.fh);
+                }
+                return Err(unrecorded);
+            }
         }
         opened
     }
@@ -540,7 +595,7 @@ impl CredFs {
         if flags.write || flags.truncate {
             return Err(refused(node));
         }
-        let value = self.value(ns, node).await?;
+        let value = self.value(ns, node, caller).await?;
         Ok(self.opened_value(ino, node, value))
     }
 
@@ -562,8 +617,10 @@ impl CredFs {
             }
             _ => return None,
         };
+        // An open that cannot be recorded is answered by `open`.
         self.audit
-            .record(Operation::Open, || node.path(), caller, Ok(()));
+            .record_open(|| node.path(), caller, Ok(()))
+            .ok()?;
         Some(self.opened_value(ino, &node, value))
     }
 
@@ -571,7 +628,11 @@ impl CredFs {
     /// that copy is the value.
     fn opened_value(&self, ino: u64, node: &Node, value: Secret) -> Opened {
         let content = fingerprint(value.expose());
-        let keep = *node != Node::Status && self.published.observe(ino, content).kernel_copy_valid;
+        // status.json changes without a fingerprint we track, and a
+        // per-caller file must never be served from another caller's pages.
+        let keep = *node != Node::Status
+            && !node.is_per_caller()
+            && self.published.observe(ino, content).kernel_copy_valid;
         let fh = self.handles.insert(Handle::Value(value));
         let cache = if keep {
             self.published.claim(fh, ino, content);
@@ -602,22 +663,22 @@ impl CredFs {
         done
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadData> {
         let handle = self
             .handles
             .get(fh)
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "unknown file handle"))?;
         match handle.as_ref() {
             Handle::Value(value) => {
-                let bytes = value.expose();
-                let start = (offset as usize).min(bytes.len());
-                let end = start.saturating_add(size as usize).min(bytes.len());
-                Ok(bytes[start..end].to_vec())
+                let len = value.len();
+                let start = usize::try_from(offset).unwrap_or(len).min(len);
+                let end = start.saturating_add(size as usize).min(len);
+                Ok(ReadData::Secret(value.clone(), start..end))
             }
-            Handle::Archive(reader) => reader.read_at(offset, size).await,
-            Handle::Pending(pending) => pending.read_at(offset, size).await,
-            Handle::Write(write) => write.read_at(offset, size).await,
-            Handle::Refresh(_) => Ok(Vec::new()),
+            Handle::Archive(reader) => reader.read_at(offset, size).await.map(ReadData::Bytes),
+            Handle::Pending(pending) => pending.read_at(offset, size).await.map(ReadData::Bytes),
+            Handle::Write(write) => write.read_at(offset, size).await.map(ReadData::Bytes),
+            Handle::Refresh(_) => Ok(ReadData::Bytes(Vec::new())),
             Handle::Dir(_) => Err(Error::new(ErrorKind::IsADirectory, "a directory")),
         }
     }

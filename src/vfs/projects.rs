@@ -190,6 +190,7 @@ impl CredFs {
             size: 0,
             mtime: handle.modified(),
             ownership,
+            per_caller: false,
         };
         Ok((attr, self.opened_for_writing(attr.ino, handle)))
     }
@@ -222,17 +223,36 @@ impl CredFs {
         let Some(Handle::Write(handle)) = held.as_deref() else {
             return Ok(());
         };
+        let existed = self
+            .archive_exists_if_audited(&handle.bucket, &handle.name)
+            .await;
         let flushed = self.uploads.flush(handle, caller.pid).await;
         let path = || format!("projects/{}/{}", handle.bucket, handle.name);
+        let operation = match existed {
+            true => Operation::Overwrite,
+            false => Operation::Upload,
+        };
         match &flushed {
             Ok(None) => return Ok(()),
             Ok(Some(_)) => {
                 self.forget_archive(&handle.bucket, &handle.name);
-                self.audit.record(Operation::Upload, path, caller, Ok(()));
+                self.audit.record(operation, path, caller, Ok(()));
             }
-            Err(e) => self.audit.record(Operation::Upload, path, caller, Err(e)),
+            Err(e) => self.audit.record(operation, path, caller, Err(e)),
         }
         flushed.map(|_| ())
+    }
+
+    /// Whether `bucket` holds `name` now; asked only when the audit log
+    /// needs to tell an overwrite from a new upload.
+    async fn archive_exists_if_audited(&self, bucket: &str, name: &str) -> bool {
+        if !self.audit.is_enabled() || !is_archive_name(name) {
+            return false;
+        }
+        let Ok(entry) = self.bucket(&self.namespace(), bucket) else {
+            return false;
+        };
+        matches!(entry.store.stat(bucket, name).await, Ok(Some(_)))
     }
 
     pub(super) async fn release_handle(&self, handle: Arc<Handle>) {
@@ -271,7 +291,7 @@ impl CredFs {
         let (bucket, entry) = self.writable_bucket(ns, parent_node, caller)?;
         if entry.store.stat(&bucket, name).await?.is_some() {
             entry.store.delete(&bucket, name).await?;
-            tracing::info!(path = %format!("projects/{bucket}/{name}"), "archive deleted");
+            tracing::info!(path = ?format!("projects/{bucket}/{name}"), "archive deleted");
         } else if !self.uploads.discard(&bucket, name).await {
             return Err(Error::not_found(format!("projects/{bucket}/{name}")));
         }
@@ -312,12 +332,21 @@ impl CredFs {
             ));
         }
         let committed = store.stat(&bucket, name).await?.is_some();
+        let replaces = self.archive_exists_if_audited(&bucket, new_name).await;
+        let (from, to) = (
+            || format!("projects/{bucket}/{name}"),
+            || format!("projects/{bucket}/{new_name}"),
+        );
         if !committed && self.uploads.get(&bucket, name).is_some() {
             if is_archive_name(new_name) {
                 let committed = self.uploads.commit_staged(&bucket, name, new_name).await;
-                let path = || format!("projects/{bucket}/{new_name}");
                 let result = committed.as_ref().map(|_| ());
-                self.audit.record(Operation::Upload, path, caller, result);
+                self.audit.record_rename(from, to, caller, result);
+                let operation = match replaces {
+                    true => Operation::Overwrite,
+                    false => Operation::Upload,
+                };
+                self.audit.record(operation, to, caller, result);
                 committed?;
             } else {
                 self.uploads.rename(&bucket, name, new_name)?;
@@ -328,7 +357,13 @@ impl CredFs {
                     "projects/{bucket}/{name}: an archive can only be renamed to another <name>.zip"
                 )));
             }
-            store.rename(&bucket, name, new_name).await?;
+            let renamed = store.rename(&bucket, name, new_name).await;
+            let result = renamed.as_ref().map(|_| ());
+            self.audit.record_rename(from, to, caller, result);
+            if replaces {
+                self.audit.record(Operation::Overwrite, to, caller, result);
+            }
+            renamed?;
         } else {
             return Err(Error::not_found(format!("projects/{bucket}/{name}")));
         }

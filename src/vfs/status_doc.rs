@@ -2,13 +2,19 @@
 //! error messages only; no value ever goes in.
 
 use super::namespace::Namespace;
+use crate::audit::AuditLog;
 use crate::config::StoreProviderConfig;
 use crate::secret::Secret;
 use crate::status::{EntryStatus, timestamp};
 use crate::upload::Uploads;
 use serde_json::{Map, Value, json};
 
-pub fn render(ns: &Namespace, uploads: &Uploads, last_error: Option<&EntryStatus>) -> Secret {
+pub fn render(
+    ns: &Namespace,
+    uploads: &Uploads,
+    audit: &AuditLog,
+    last_error: Option<&EntryStatus>,
+) -> Secret {
     let mut registries = Map::new();
     for (name, cached) in &ns.registries {
         let mut entry = cached.status().to_json();
@@ -51,8 +57,22 @@ pub fn render(ns: &Namespace, uploads: &Uploads, last_error: Option<&EntryStatus
         "registries": registries,
         "stores": stores,
         "secrets": secrets,
+        "audit": audit_status(ns, audit),
     });
     let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
     text.push('\n');
     Secret::from(text)
+}
+
+fn audit_status(ns: &Namespace, audit: &AuditLog) -> Value {
+    let Some(config) = &ns.config.audit else {
+        return Value::Null;
+    };
+    let mut entry = match audit.failure() {
+        Some(error) => json!({ "state": "error", "error": error }),
+        None => json!({ "state": "ok" }),
+    };
+    entry["path"] = json!(config.path.display().to_string());
+    entry["fail_closed"] = json!(config.fail_closed);
+    entry
 }
