@@ -8,15 +8,14 @@ use crate::vfs::{
     Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags as CoreOpenFlags, Opened, TTL,
 };
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::runtime::Handle as Runtime;
 
@@ -28,18 +27,11 @@ const BLOCK_SIZE: u32 = 1 << 20;
 pub struct FuseAdapter {
     fs: Arc<CredFs>,
     runtime: Runtime,
-    /// Kernel registrations of passthrough files, kept while their handle
-    /// is open.
-    backing: Arc<Mutex<HashMap<u64, BackingId>>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<CredFs>, runtime: Runtime) -> Self {
-        FuseAdapter {
-            fs,
-            runtime,
-            backing: Arc::default(),
-        }
+        FuseAdapter { fs, runtime }
     }
 
     fn spawn<F, Fut>(&self, work: F)
@@ -99,45 +91,6 @@ fn fopen_flags(opened: &Opened) -> FopenFlags {
     flags
 }
 
-/// The kernel ignores passthrough when direct I/O is asked for too.
-fn passthrough_flags(opened: &Opened) -> FopenFlags {
-    fopen_flags(opened) - FopenFlags::FOPEN_DIRECT_IO
-}
-
-/// Registers the handle's backing file with the kernel and keeps the
-/// registration until release. `false` (no backing file, no passthrough
-/// support, not permitted): the handle's I/O comes to us.
-fn register_backing(
-    opened: &Opened,
-    open_backing: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
-    registry: &Mutex<HashMap<u64, BackingId>>,
-) -> bool {
-    let Some(file) = &opened.backing else {
-        return false;
-    };
-    match open_backing(file) {
-        Ok(id) => {
-            if let Ok(mut ids) = registry.lock() {
-                ids.insert(opened.fh, id);
-            }
-            true
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "passthrough unavailable; serving writes ourselves");
-            false
-        }
-    }
-}
-
-/// Uses the registration of `fh`, made by `register_backing`.
-fn with_backing<T>(
-    registry: &Mutex<HashMap<u64, BackingId>>,
-    fh: u64,
-    use_id: impl FnOnce(&BackingId) -> T,
-) -> Option<T> {
-    registry.lock().ok()?.get(&fh).map(use_id)
-}
-
 fn caller(req: &Request) -> Caller {
     Caller {
         pid: req.pid(),
@@ -163,11 +116,6 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config
             .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC | InitFlags::FUSE_PARALLEL_DIROPS);
-        // Passthrough lets the kernel write uploads held in local files
-        // directly; depth 2 allows those files to live on overlayfs.
-        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
-            let _ = config.set_max_stack_depth(2);
-        }
         let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_WRITE);
         Ok(())
@@ -299,19 +247,9 @@ impl Filesystem for FuseAdapter {
         if let Some(opened) = self.fs.open_now(ino.0, flags, caller) {
             return reply.opened(FileHandle(opened.fh), fopen_flags(&opened));
         }
-        let backing = self.backing.clone();
         self.spawn(move |fs| async move {
             match fs.open(ino.0, flags, caller).await {
-                Ok(opened) => {
-                    let fh = FileHandle(opened.fh);
-                    if register_backing(&opened, |f| reply.open_backing(f), &backing) {
-                        with_backing(&backing, opened.fh, |id| {
-                            reply.opened_passthrough(fh, passthrough_flags(&opened), id)
-                        });
-                    } else {
-                        reply.opened(fh, fopen_flags(&opened));
-                    }
-                }
+                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -332,25 +270,11 @@ impl Filesystem for FuseAdapter {
             Err(_) => return reply.error(Errno::EINVAL),
         };
         let caller = caller(req);
-        let backing = self.backing.clone();
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, caller).await {
                 Ok((attr, opened)) => {
                     let (attr, fh) = (file_attr(&attr), FileHandle(opened.fh));
-                    if register_backing(&opened, |f| reply.open_backing(f), &backing) {
-                        with_backing(&backing, opened.fh, |id| {
-                            reply.created_passthrough(
-                                &TTL,
-                                &attr,
-                                Generation(0),
-                                fh,
-                                passthrough_flags(&opened),
-                                id,
-                            )
-                        });
-                    } else {
-                        reply.created(&TTL, &attr, Generation(0), fh, fopen_flags(&opened));
-                    }
+                    reply.created(&TTL, &attr, Generation(0), fh, fopen_flags(&opened));
                 }
                 Err(e) => reply.error(errno(&e)),
             }
@@ -424,9 +348,6 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let Ok(mut ids) = self.backing.lock() {
-            ids.remove(&fh.0);
-        }
         if self.fs.release_now(fh.0) {
             return reply.ok();
         }

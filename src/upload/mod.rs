@@ -38,10 +38,9 @@ pub struct WriteHandle {
     bucket_entry: Arc<Bucket>,
     pub bucket: String,
     pub name: String,
-    opener_pid: u32,
+    /// The process (not the thread) that opened it: its close commits.
+    opener: u32,
     target: tokio::sync::OnceCell<Arc<Pending>>,
-    /// Writes go from the kernel straight to the upload's file.
-    passthrough: std::sync::atomic::AtomicBool,
     /// The writer is done: its own close came (or the handle was released).
     closed: std::sync::atomic::AtomicBool,
     /// The archive being modified, until the upload takes over.
@@ -70,21 +69,8 @@ impl WriteHandle {
         is_archive_name(&self.name)
     }
 
-    /// The file the kernel may write directly, once the upload exists.
-    pub fn backing_file(&self) -> Option<Arc<std::fs::File>> {
-        self.target.get().and_then(|p| p.backing_file())
-    }
-
-    /// Records that the kernel writes this handle's file directly, so the
-    /// writes we never see count at commit.
-    pub fn set_passthrough(&self) {
-        self.passthrough
-            .store(true, std::sync::atomic::Ordering::Release);
-    }
-
     fn wrote(&self) -> bool {
         self.state().wrote
-            || (self.passthrough.load(std::sync::atomic::Ordering::Acquire) && self.size() > 0)
     }
 
     pub fn size(&self) -> u64 {
@@ -153,16 +139,15 @@ impl Uploads {
         name: &str,
         truncate: bool,
         original: Option<Box<dyn ObjectReader>>,
-        pid: u32,
+        process: u32,
     ) -> Result<Arc<WriteHandle>> {
         let lazy = original.is_some();
         let handle = Arc::new(WriteHandle {
             bucket_entry: bucket,
             bucket: bucket_name.to_string(),
             name: name.to_string(),
-            opener_pid: pid,
+            opener: process,
             target: tokio::sync::OnceCell::new(),
-            passthrough: std::sync::atomic::AtomicBool::new(false),
             closed: std::sync::atomic::AtomicBool::new(false),
             original,
             state: Mutex::new(HandleState::default()),
@@ -206,6 +191,7 @@ impl Uploads {
     }
 
     pub async fn set_len(&self, handle: &WriteHandle, len: u64) -> Result<()> {
+        check_size(handle, len)?;
         let pending = self.target(handle).await?;
         pending.set_len(len).await?;
         handle.state().wrote = true;
@@ -217,7 +203,8 @@ impl Uploads {
             return Err(e.clone());
         }
         let len = data.len() as u64;
-        check_size(handle, offset + len).map_err(|e| handle.fail(e))?;
+        let end = offset.saturating_add(len);
+        check_size(handle, end).map_err(|e| handle.fail(e))?;
         let pending = self.target(handle).await.map_err(|e| handle.fail(e))?;
         pending
             .write_at(offset, data)
@@ -227,11 +214,12 @@ impl Uploads {
         Ok(len as u32)
     }
 
-    /// The writer's own close commits an archive; closes of descriptors it
-    /// shared with other processes do not. A staging file is ready for its
-    /// rename once its writer closed it (the kernel's release comes later).
-    pub async fn flush(&self, handle: &WriteHandle, pid: u32) -> Result<Option<ObjectInfo>> {
-        if pid != handle.opener_pid {
+    /// The writer's own close, from any of its threads, commits an
+    /// archive; closes of descriptors it shared with other processes (a
+    /// forked child's copy) do not. A staging file is ready for its rename
+    /// once its writer closed it (the kernel's release comes later).
+    pub async fn flush(&self, handle: &WriteHandle, process: u32) -> Result<Option<ObjectInfo>> {
+        if process != handle.opener {
             return Ok(None);
         }
         self.close_writer(handle);
@@ -251,8 +239,17 @@ impl Uploads {
     }
 
     async fn commit(&self, handle: &WriteHandle) -> Result<Option<ObjectInfo>> {
-        if let Some(outcome) = &handle.state().outcome {
-            return outcome.clone().map(|_| None);
+        let decided = handle.state().outcome.clone();
+        if let Some(outcome) = decided {
+            // A write already failed (EFBIG, EIO): by the time close()
+            // reports it, nothing of the upload is left behind.
+            if outcome.is_err()
+                && let Some(pending) = handle.target.get()
+            {
+                pending.abort().await;
+                self.remove_if_same(&handle.bucket, &handle.name, pending);
+            }
+            return outcome.map(|_| None);
         }
         if !handle.wrote() {
             return Ok(None);
@@ -357,8 +354,8 @@ impl Uploads {
     }
 }
 
-/// Refused as soon as a write crosses the limit, and again at commit for
-/// writes the kernel made directly.
+/// Refused as soon as a write or a truncation crosses the limit, and again
+/// at commit.
 fn check_size(handle: &WriteHandle, size: u64) -> Result<()> {
     match handle.bucket_entry.max_object_size {
         Some(max) if size > max => Err(Error::new(

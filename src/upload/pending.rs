@@ -2,7 +2,7 @@
 //! written, or a staging file (`ziXXXXXX`, `.x.zip.XXXXXX`) waiting for its
 //! rename.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::store::{ObjectInfo, Upload};
 use crate::vfs::namespace::Bucket;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,8 +11,6 @@ use std::time::{Instant, SystemTime};
 
 pub struct Pending {
     pub bucket: Arc<Bucket>,
-    /// Set when the kernel may write the upload's file directly.
-    backing: Option<Arc<std::fs::File>>,
     /// `None` once committed or aborted.
     upload: tokio::sync::Mutex<Option<Box<dyn Upload>>>,
     len: AtomicU64,
@@ -24,7 +22,6 @@ impl Pending {
     pub fn new(bucket: Arc<Bucket>, upload: Box<dyn Upload>) -> Self {
         Pending {
             bucket,
-            backing: upload.backing_file(),
             upload: tokio::sync::Mutex::new(Some(upload)),
             len: AtomicU64::new(0),
             writers: AtomicUsize::new(0),
@@ -33,14 +30,7 @@ impl Pending {
     }
 
     pub fn size(&self) -> u64 {
-        match &self.backing {
-            Some(file) => file.metadata().map(|m| m.len()).unwrap_or(0),
-            None => self.len.load(Ordering::Acquire),
-        }
-    }
-
-    pub fn backing_file(&self) -> Option<Arc<std::fs::File>> {
-        self.backing.clone()
+        self.len.load(Ordering::Acquire)
     }
 
     pub fn modified(&self) -> SystemTime {
@@ -99,6 +89,12 @@ impl Pending {
     }
 
     pub async fn set_len(&self, len: u64) -> Result<()> {
+        if let Some(max) = self.bucket.max_object_size.filter(|max| len > *max) {
+            return Err(Error::new(
+                ErrorKind::TooBig,
+                format!("{len} bytes is larger than the store's max_object_size of {max} bytes"),
+            ));
+        }
         let mut upload = self.upload.lock().await;
         upload
             .as_mut()

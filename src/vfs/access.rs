@@ -4,6 +4,7 @@
 
 use super::inode::Node;
 use super::namespace::{Namespace, Ownership};
+use super::proc::{ProcStatus, read_status};
 use super::{Caller, CredFs};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -103,12 +104,6 @@ pub(super) struct Credentials {
     status: Option<ProcStatus>,
 }
 
-#[derive(Default)]
-struct ProcStatus {
-    groups: Vec<u32>,
-    effective_caps: u64,
-}
-
 impl Credentials {
     pub(super) fn of(caller: Caller) -> Self {
         Credentials {
@@ -131,48 +126,6 @@ impl Credentials {
     }
 }
 
-/// `Groups:` and `CapEff:` of /proc/PID/status. The kernel gives the pid of
-/// the calling thread as seen from the daemon's pid namespace (0 when it
-/// cannot be seen: no groups, no capabilities). Capabilities held in
-/// another user namespace are not counted: there they govern only the
-/// ids that namespace maps, and not counting them fails closed.
-fn read_status(pid: u32) -> ProcStatus {
-    if pid == 0 {
-        return ProcStatus::default();
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(str::trim)
-    };
-    let groups = field("Groups:")
-        .map(|groups| {
-            groups
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let effective_caps = match same_user_namespace(pid) {
-        true => field("CapEff:")
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-            .unwrap_or(0),
-        false => 0,
-    };
-    ProcStatus {
-        groups,
-        effective_caps,
-    }
-}
-
-fn same_user_namespace(pid: u32) -> bool {
-    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/user"));
-    let ours = std::fs::read_link("/proc/self/ns/user");
-    matches!((theirs, ours), (Ok(a), Ok(b)) if a == b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +136,7 @@ mod tests {
             status: Some(ProcStatus {
                 groups: vec![30],
                 effective_caps: caps.iter().fold(0, |all, cap| all | 1 << cap),
+                thread_group: None,
             }),
         }
     }

@@ -5,8 +5,8 @@
 mod access;
 mod handles;
 pub mod inode;
-mod io_modes;
 pub mod namespace;
+mod proc;
 mod projects;
 pub use projects::RenameFlags;
 pub mod published;
@@ -23,7 +23,6 @@ use crate::upload::Uploads;
 use access::Credentials;
 use handles::Handles;
 use inode::{Inodes, Node};
-use io_modes::IoModes;
 use namespace::{Namespace, Ownership};
 use published::{Published, fingerprint};
 use std::sync::{Arc, RwLock};
@@ -99,8 +98,6 @@ pub struct Opened {
     pub cache: CachePolicy,
     /// Closing needs no round trip (nothing to commit).
     pub no_flush: bool,
-    /// The kernel may read and write this file directly (FUSE passthrough).
-    pub backing: Option<Arc<std::fs::File>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,7 +112,6 @@ pub struct CredFs {
     handles: Handles,
     published: Arc<Published>,
     uploads: Uploads,
-    io_modes: IoModes,
     /// The last refused reload, shown in `status.json`.
     last_error: std::sync::Mutex<Option<crate::status::EntryStatus>>,
     pub audit: AuditLog,
@@ -133,7 +129,6 @@ impl CredFs {
             handles: Handles::default(),
             published: Arc::new(Published::default()),
             uploads: Uploads::default(),
-            io_modes: IoModes::default(),
             last_error: std::sync::Mutex::new(None),
             audit: AuditLog::default(),
         };
@@ -589,7 +584,6 @@ impl CredFs {
                 fh: self.handles.insert(Handle::Refresh(name.clone())),
                 cache: CachePolicy::Direct,
                 no_flush: true,
-                backing: None,
             });
         }
         if flags.write || flags.truncate {
@@ -644,7 +638,6 @@ impl CredFs {
             fh,
             cache,
             no_flush: true,
-            backing: None,
         }
     }
 
@@ -656,7 +649,6 @@ impl CredFs {
             .get(fh)
             .is_none_or(|h| !matches!(h.as_ref(), Handle::Write(_)));
         if done {
-            self.io_modes.release(fh);
             self.published.release(fh);
             self.handles.remove(fh);
         }
@@ -684,7 +676,6 @@ impl CredFs {
     }
 
     pub async fn release(&self, fh: u64) {
-        self.io_modes.release(fh);
         self.published.release(fh);
         if let Some(handle) = self.handles.remove(fh) {
             self.release_handle(handle).await;

@@ -3,7 +3,6 @@
 
 use super::access::{SEARCH, WRITE};
 use super::inode::Node;
-use super::io_modes::IoMode;
 use super::namespace::{Bucket, Namespace};
 use super::published::fingerprint;
 use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, refused};
@@ -106,9 +105,16 @@ impl CredFs {
             };
             let handle = self
                 .uploads
-                .open(&bucket, entry, name, flags.truncate, original, caller.pid)
+                .open(
+                    &bucket,
+                    entry,
+                    name,
+                    flags.truncate,
+                    original,
+                    caller.process(),
+                )
                 .await?;
-            return Ok(self.opened_for_writing(ino, handle));
+            return Ok(self.opened_for_writing(handle));
         }
         let reader = match entry.store.open(bucket, name).await {
             Ok(reader) => Some(reader),
@@ -119,10 +125,8 @@ impl CredFs {
             let info = reader.info();
             let content = fingerprint((info.size, info.modified));
             let seen = self.published.observe(ino, content);
-            let cached = seen.kernel_copy_valid && self.io_modes.claim(ino, IoMode::Cached);
             let fh = self.handles.insert(Handle::Archive(reader));
-            let cache = if cached {
-                self.io_modes.record(fh, ino, IoMode::Cached);
+            let cache = if seen.kernel_copy_valid {
                 self.published.claim(fh, ino, content);
                 CachePolicy::KeepCache
             } else {
@@ -132,7 +136,6 @@ impl CredFs {
                 fh,
                 cache,
                 no_flush: true,
-                backing: None,
             });
         }
         let pending = self
@@ -143,29 +146,18 @@ impl CredFs {
             fh: self.handles.insert(Handle::Pending(pending)),
             cache: CachePolicy::Direct,
             no_flush: true,
-            backing: None,
         })
     }
 
-    /// A write handle; the kernel writes its file directly when the store
-    /// keeps the upload in a local file and no other open of the inode
-    /// conflicts.
-    fn opened_for_writing(&self, ino: u64, handle: Arc<WriteHandle>) -> Opened {
-        let backing = handle
-            .backing_file()
-            .filter(|_| self.io_modes.claim(ino, IoMode::Passthrough));
-        if backing.is_some() {
-            handle.set_passthrough();
-        }
-        let fh = self.handles.insert(Handle::Write(handle));
-        if backing.is_some() {
-            self.io_modes.record(fh, ino, IoMode::Passthrough);
-        }
+    /// A write handle. Every write comes to us, never through FUSE
+    /// passthrough: a passthrough registration lets a dup'd or inherited
+    /// descriptor write into the file after its check, and past
+    /// max_object_size, where we cannot see it.
+    fn opened_for_writing(&self, handle: Arc<WriteHandle>) -> Opened {
         Opened {
-            fh,
+            fh: self.handles.insert(Handle::Write(handle)),
             cache: CachePolicy::Direct,
             no_flush: false,
-            backing,
         }
     }
 
@@ -174,15 +166,13 @@ impl CredFs {
         let parent_node = self.node(parent)?;
         let (bucket, entry) = self.writable_bucket(&ns, &parent_node, caller)?;
         if name.ends_with(".zip") && !is_archive_name(name) {
-            return Err(Error::invalid(format!(
-                "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
-            )));
+            return Err(invalid_archive_name(&bucket, name));
         }
         let node = Node::Archive(bucket.clone(), name.into());
         let ownership = self.ownership(&ns, &node);
         let handle = self
             .uploads
-            .open(&bucket, entry, name, true, None, caller.pid)
+            .open(&bucket, entry, name, true, None, caller.process())
             .await?;
         let attr = Attr {
             ino: self.inodes.ino(&node),
@@ -192,7 +182,7 @@ impl CredFs {
             ownership,
             per_caller: false,
         };
-        Ok((attr, self.opened_for_writing(attr.ino, handle)))
+        Ok((attr, self.opened_for_writing(handle)))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>, caller: Caller) -> Result<u32> {
@@ -226,7 +216,7 @@ impl CredFs {
         let existed = self
             .archive_exists_if_audited(&handle.bucket, &handle.name)
             .await;
-        let flushed = self.uploads.flush(handle, caller.pid).await;
+        let flushed = self.uploads.flush(handle, caller.process()).await;
         let path = || format!("projects/{}/{}", handle.bucket, handle.name);
         let operation = match existed {
             true => Operation::Overwrite,
@@ -318,6 +308,11 @@ impl CredFs {
         if flags.exchange {
             return Err(Error::invalid("exchanging archives is not supported"));
         }
+        // The create rule: a `.zip` name the listing would never show is
+        // refused, not kept as a staging file that reports nothing stored.
+        if new_name.ends_with(".zip") && !is_archive_name(new_name) {
+            return Err(invalid_archive_name(&bucket, new_name));
+        }
         if name == new_name {
             return Ok(());
         }
@@ -383,4 +378,10 @@ impl CredFs {
     pub async fn reap_staging(&self) {
         self.uploads.reap(STAGING_TTL).await;
     }
+}
+
+fn invalid_archive_name(bucket: &str, name: &str) -> Error {
+    Error::invalid(format!(
+        "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
+    ))
 }
