@@ -454,7 +454,7 @@ fn a_timed_out_helper_leaves_no_process_behind() {
             dir,
             "forks-and-hangs",
             &format!(
-                "{0} 1001 &\necho $! > {1}/forked.pid\nexec {0} 1003\n",
+                "echo $$ $(cut -d' ' -f5 /proc/$$/stat) > {1}/group\n{0} 1001 &\necho $! > {1}/forked.pid\nexec {0} 1003\n",
                 sleeper.display(),
                 dir.display()
             ),
@@ -470,6 +470,9 @@ fn a_timed_out_helper_leaves_no_process_behind() {
         daemon.dir.path().join("forked.pid").exists(),
         "the helper forked its sleeper"
     );
+    let group = fs::read_to_string(daemon.dir.path().join("group")).unwrap();
+    let (pid, pgid) = group.trim().split_once(' ').unwrap();
+    assert_eq!(pid, pgid, "the helper leads its own process group");
     wait_for(
         "the helper's whole process group to die",
         Duration::from_secs(5),
@@ -592,4 +595,84 @@ fn an_unparsable_expiry_is_reported_without_its_text() {
     let status = String::from_utf8(cat(&daemon, "status.json").stdout).unwrap();
     daemon.assert_no_secret_in(&status, "status.json");
     // Dropping the daemon checks its log for PRINTED too.
+}
+
+#[test]
+fn a_helper_dies_with_the_daemon() {
+    let mut sleeper = PathBuf::new();
+    let mut daemon = start(|dir| {
+        sleeper = marked_copy(dir, "sleep", "sleeper");
+        let hangs = script(dir, "hangs", &format!("exec {} 1004\n", sleeper.display()));
+        helper_entry_with_timeout("hangs", &hangs, "60s", "")
+    });
+    let token = daemon.path("registries/hangs/token");
+    let reader = std::thread::spawn(move || fs::read(token));
+    wait_for("the helper to start", Duration::from_secs(10), || {
+        running(&sleeper)
+    });
+    daemon.crash();
+    wait_for(
+        "the helper to die with the daemon",
+        Duration::from_secs(5),
+        || !running(&sleeper),
+    );
+    assert!(
+        reader.join().unwrap().is_err(),
+        "the read failed with the daemon"
+    );
+}
+
+/// In a container credfs may be PID 1: what a helper leaves behind becomes
+/// its child once the helper exits, and must not stay a zombie.
+#[test]
+fn as_pid_1_the_daemon_reaps_what_a_helper_left_behind() {
+    require_program("unshare");
+    let mut daemon = Daemon::prepare("");
+    let dir = daemon.dir.path().to_path_buf();
+    let sleeper = marked_copy(&dir, "sleep", "sleeper");
+    let leaves = script(
+        &dir,
+        "leaves-a-child",
+        &format!(
+            "echo '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n{} 1005 &\nexit 0\n",
+            sleeper.display()
+        ),
+    );
+    fs::write(
+        &daemon.config,
+        helper_entry_with_timeout("leaves", &leaves, "30s", ""),
+    )
+    .unwrap();
+    daemon.secret(SECRET);
+    daemon.spawn_wrapped(&["unshare", "--pid", "--fork"], &[]);
+    let unshare = daemon.pid();
+    let inner = children_of(unshare);
+    assert_eq!(inner.len(), 1, "unshare runs credfs: {inner:?}");
+    let credfs: u32 = inner[0].split(' ').next().unwrap().parse().unwrap();
+    let _stop = StopsOnDrop(credfs);
+
+    assert_eq!(
+        cat(&daemon, "registries/leaves/token").stdout,
+        SECRET.as_bytes()
+    );
+    wait_for("the leftover child killed", Duration::from_secs(5), || {
+        !running(&sleeper)
+    });
+    wait_for(
+        "every child of credfs reaped",
+        Duration::from_secs(5),
+        || children_of(credfs).is_empty(),
+    );
+}
+
+/// unshare ignores SIGTERM and does not pass it on: credfs under it is
+/// stopped directly, on every way out of the test, before the fixture waits
+/// for unshare to exit with credfs's status.
+struct StopsOnDrop(u32);
+
+impl Drop for StopsOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+    }
 }

@@ -363,7 +363,7 @@ async fn reap_orphans(group: libc::pid_t) {
 /// Tells when the helper exited without reaping it (tokio reaps it later),
 /// so that its group can still be killed by id.
 enum ExitWatch {
-    Pidfd(AsyncFd<OwnedFd>),
+    Pidfd(AsyncFd<OwnedFd>, libc::pid_t),
     /// No pidfd (an old kernel, a seccomp filter): poll with WNOWAIT.
     Poll(libc::pid_t),
 }
@@ -383,7 +383,7 @@ impl ExitWatch {
             let registered =
                 unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
             if let Ok(fd) = registered {
-                return ExitWatch::Pidfd(fd);
+                return ExitWatch::Pidfd(fd, pid);
             }
         }
         ExitWatch::Poll(pid)
@@ -391,17 +391,13 @@ impl ExitWatch {
 
     async fn exited(&self) {
         let pid = match self {
-            // A pidfd is readable once its process has exited.
-            ExitWatch::Pidfd(fd) => match fd.readable().await {
+            // A pidfd is readable once its process has exited; if polling
+            // it fails, fall back to asking.
+            ExitWatch::Pidfd(fd, pid) => match fd.readable().await {
                 Ok(_) => return,
-                Err(_) => None,
+                Err(_) => *pid,
             },
-            ExitWatch::Poll(pid) => Some(*pid),
-        };
-        let Some(pid) = pid else {
-            // An epoll failure on the pidfd: never report an exit that did
-            // not happen; the deadline still ends the wait.
-            return std::future::pending().await;
+            ExitWatch::Poll(pid) => *pid,
         };
         while !has_exited(pid) {
             tokio::time::sleep(Duration::from_millis(10)).await;
