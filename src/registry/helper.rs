@@ -502,6 +502,26 @@ mod tests {
         assert_eq!(&buffer[3996..], &999u32.to_le_bytes());
     }
 
+    #[tokio::test]
+    async fn an_exit_is_seen_without_reaping_the_helper() {
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("0.1")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id().expect("pid") as libc::pid_t;
+        let watch = ExitWatch::new(pid);
+        assert!(
+            matches!(watch, ExitWatch::Pidfd(..)),
+            "this kernel has pidfds"
+        );
+        tokio::time::timeout(Duration::from_secs(10), watch.exited())
+            .await
+            .expect("the exit is seen");
+        assert!(has_exited(pid), "the polling fallback agrees");
+        let status = child.wait().await.expect("still there to be reaped");
+        assert!(status.success());
+    }
+
     #[test]
     fn expiry_errors_do_not_quote_the_helpers_text() {
         let provider = HelperProvider::new(
