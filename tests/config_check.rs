@@ -202,6 +202,34 @@ fn missing_secret_sources_are_refused() {
 }
 
 #[test]
+fn an_unquoted_secret_is_refused_without_its_value() {
+    for (text, location, kind, value) in [
+        (
+            "[secrets.app]\npin = 9482913071\n",
+            "2:7",
+            "an integer",
+            "9482913071",
+        ),
+        (
+            "[registries.x]\nprovider = \"static\"\nregistry = \"r\"\nusername = \"u\"\npassword = 12345.678\n",
+            "5:12",
+            "a float",
+            "12345",
+        ),
+    ] {
+        let file = config_file(text);
+        let (code, out, err) = check(&file);
+        assert_eq!(code, Some(1), "{text}");
+        let expected = format!(
+            "{}:{location}: a secret value must be a string, `{{ file = … }}` or `{{ env = … }}`; found {kind}",
+            file.path.display()
+        );
+        assert!(err.contains(&expected), "expected {expected:?} in {err:?}");
+        assert!(!err.contains(value) && !out.contains(value), "{out}{err}");
+    }
+}
+
+#[test]
 fn group_or_world_writable_configs_are_refused() {
     for mode in [0o620, 0o602, 0o666] {
         let file = config_file(GOOD);

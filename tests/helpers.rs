@@ -21,8 +21,12 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 fn helper_entry(name: &str, program: &Path, extra: &str) -> String {
+    helper_entry_with_timeout(name, program, "2s", extra)
+}
+
+fn helper_entry_with_timeout(name: &str, program: &Path, timeout: &str, extra: &str) -> String {
     format!(
-        "[registries.{name}]\nprovider = \"helper\"\nregistry = \"{name}.example\"\ncommand = [\"{}\", \"get\", \"{name}.example/app\"]\ntimeout = \"2s\"\n{extra}\n",
+        "[registries.{name}]\nprovider = \"helper\"\nregistry = \"{name}.example\"\ncommand = [\"{}\", \"get\", \"{name}.example/app\"]\ntimeout = \"{timeout}\"\n{extra}\n",
         program.display()
     )
 }
@@ -167,7 +171,12 @@ fn helper_failures_give_their_documented_errors_and_the_daemon_stays_healthy() {
     assert!(!cat(&daemon, "registries/wrongshape/token").status.success());
     assert!(status_reason(&daemon, "wrongshape").contains("printed JSON of the wrong shape"));
     assert!(!cat(&daemon, "registries/expired/token").status.success());
-    assert!(status_reason(&daemon, "expired").contains("expired at 2020-01-01T00:00:00Z"));
+    let reason = status_reason(&daemon, "expired");
+    assert!(reason.contains("expires_at has already passed"), "{reason}");
+    assert!(
+        !reason.contains("2020-01-01"),
+        "stdout text is never quoted: {reason}"
+    );
 
     // The daemon is healthy: others still serve, and the status holds no secret.
     assert_eq!(
@@ -308,4 +317,362 @@ fn a_changed_provider_config_drops_only_that_registrys_cached_token() {
         );
     }
     assert_eq!((runs("changing"), runs("steady")), (2, 1));
+}
+
+/// A copy of `program` at `dir/name`: its processes carry that path in
+/// their command line, so they can be told apart from every other one.
+fn marked_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
+    require_program(program);
+    let found = sh(&format!("command -v {program}"));
+    let source = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    let path = dir.join(name);
+    fs::copy(&source, &path).unwrap_or_else(|e| panic!("copy {source}: {e}"));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Whether a live process runs `program` (a zombie has no command line).
+fn running(program: &Path) -> bool {
+    run("pgrep", &["-f", &program.to_string_lossy()])
+        .status
+        .success()
+}
+
+/// The processes whose parent is `pid`, zombies included, as "pid state".
+fn children_of(pid: u32) -> Vec<String> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name, in parentheses, may hold spaces: fields count
+        // from the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            children.push(format!(
+                "{} {}",
+                entry.file_name().to_string_lossy(),
+                fields[0]
+            ));
+        }
+    }
+    children
+}
+
+#[test]
+fn a_helper_gets_a_clean_environment_and_only_its_env_table() {
+    const OTHER_SECRET: &str = "other-entry-secret-5b1f";
+    const PASSED_ON: &str = "passed-on-from-the-daemon-8c2e";
+    let mut daemon = Daemon::prepare("");
+    let dir = daemon.dir.path().to_path_buf();
+    fs::write(dir.join("helper-file"), "from-a-file-4d7a\n").unwrap();
+    let helper = script(
+        &dir,
+        "env-dumper",
+        &format!(
+            "env > {}/helper.env\necho \"{{\\\"username\\\": \\\"u\\\", \\\"password\\\": \\\"$TOKEN\\\"}}\"\n",
+            dir.display()
+        ),
+    );
+    let config = |token: &str| {
+        helper_entry(
+            "clean",
+            &helper,
+            &format!(
+                "env = {{ TOKEN = \"{token}\", FROM_ENV = {{ env = \"HELPER_INPUT\" }}, FROM_FILE = {{ file = \"helper-file\" }} }}"
+            ),
+        ) + "[secrets.other]\nkey = { env = \"OTHER_SECRET\" }\n"
+    };
+    fs::write(&daemon.config, config("token-one")).unwrap();
+    daemon.secret(OTHER_SECRET);
+    daemon.secret(PASSED_ON);
+    daemon.spawn_with_env(&[("OTHER_SECRET", OTHER_SECRET), ("HELPER_INPUT", PASSED_ON)]);
+    assert_eq!(
+        cat(&daemon, "secrets/other/key").stdout,
+        OTHER_SECRET.as_bytes(),
+        "the daemon itself has the other entry's secret"
+    );
+    assert_eq!(cat(&daemon, "registries/clean/token").stdout, b"token-one");
+
+    let dumped = fs::read_to_string(dir.join("helper.env")).unwrap();
+    assert!(!dumped.contains(OTHER_SECRET), "{dumped}");
+    let vars: std::collections::BTreeMap<&str, &str> =
+        dumped.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars.get("HOME"), Some(&"/nonexistent"));
+    assert_eq!(vars.get("TOKEN"), Some(&"token-one"));
+    assert_eq!(vars.get("FROM_ENV"), Some(&PASSED_ON));
+    assert_eq!(vars.get("FROM_FILE"), Some(&"from-a-file-4d7a"));
+    assert_eq!(
+        vars.get("PATH").copied(),
+        std::env::var("PATH").ok().as_deref(),
+        "the daemon's PATH"
+    );
+    assert_eq!(
+        vars.get("LANG").copied(),
+        std::env::var("LANG").ok().as_deref()
+    );
+    // The shell adds PWD (and some shells SHLVL and _) on its own.
+    let unexpected: Vec<&&str> = vars
+        .keys()
+        .filter(|k| {
+            ![
+                "PATH",
+                "HOME",
+                "LANG",
+                "TOKEN",
+                "FROM_ENV",
+                "FROM_FILE",
+                "PWD",
+                "SHLVL",
+                "_",
+                "OLDPWD",
+            ]
+            .contains(k)
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "the helper got {unexpected:?}");
+
+    // A changed env table is a changed registry: the helper runs again.
+    fs::write(&daemon.config, config("token-two")).unwrap();
+    wait_for("the new env value", Duration::from_secs(10), || {
+        cat(&daemon, "registries/clean/token").stdout == b"token-two"
+    });
+}
+
+#[test]
+fn a_timed_out_helper_leaves_no_process_behind() {
+    let mut sleeper = PathBuf::new();
+    let daemon = start(|dir| {
+        sleeper = marked_copy(dir, "sleep", "sleeper");
+        // The forked sleeper is the helper's child; after the exec the
+        // helper itself is a sleeper too.
+        let forks = script(
+            dir,
+            "forks-and-hangs",
+            &format!(
+                "echo $$ $(cut -d' ' -f5 /proc/$$/stat) > {1}/group\n{0} 1001 &\necho $! > {1}/forked.pid\nexec {0} 1003\n",
+                sleeper.display(),
+                dir.display()
+            ),
+        );
+        helper_entry("forks", &forks, "")
+    });
+    let started = std::time::Instant::now();
+    let read = cat(&daemon, "registries/forks/token");
+    assert!(stderr(&read).contains("Input/output error"), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(status_reason(&daemon, "forks").contains("timed out after 2s"));
+    assert!(
+        daemon.dir.path().join("forked.pid").exists(),
+        "the helper forked its sleeper"
+    );
+    let group = fs::read_to_string(daemon.dir.path().join("group")).unwrap();
+    let (pid, pgid) = group.trim().split_once(' ').unwrap();
+    assert_eq!(pid, pgid, "the helper leads its own process group");
+    wait_for(
+        "the helper's whole process group to die",
+        Duration::from_secs(5),
+        || !running(&sleeper),
+    );
+    assert_eq!(
+        children_of(daemon.pid()),
+        Vec::<String>::new(),
+        "the helper was reaped"
+    );
+}
+
+#[test]
+fn a_background_child_holding_stdout_does_not_delay_the_answer() {
+    let mut sleeper = PathBuf::new();
+    let daemon = start(|dir| {
+        sleeper = marked_copy(dir, "sleep", "sleeper");
+        let leaves = script(
+            dir,
+            "leaves-a-child",
+            &format!(
+                "echo '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n{} 1002 &\nexit 0\n",
+                sleeper.display()
+            ),
+        );
+        helper_entry_with_timeout("leaves", &leaves, "30s", "")
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(
+        cat(&daemon, "registries/leaves/token").stdout,
+        SECRET.as_bytes()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered in {:?}, not at the 30s timeout",
+        started.elapsed()
+    );
+    wait_for(
+        "the leftover child to be killed with the group",
+        Duration::from_secs(5),
+        || !running(&sleeper),
+    );
+    assert_eq!(children_of(daemon.pid()), Vec::<String>::new());
+}
+
+#[test]
+fn helper_output_is_capped_at_one_mebibyte_per_stream() {
+    let mut loud = PathBuf::new();
+    let daemon = start(|dir| {
+        loud = marked_copy(dir, "yes", "loud");
+        let floods_stdout = script(
+            dir,
+            "floods-stdout",
+            &format!("exec {} out\n", loud.display()),
+        );
+        let floods_stderr = script(
+            dir,
+            "floods-stderr",
+            &format!(
+                "echo '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\nexec {} err >&2\n",
+                loud.display()
+            ),
+        );
+        // Just under the limit, over many reads: fine.
+        let large = script(
+            dir,
+            "large",
+            &format!(
+                "printf '{{\"username\": \"u\", \"password\": \"{SECRET}\", \"padding\": \"'\nhead -c 1000000 /dev/zero | tr '\\0' x\nprintf '\"}}'\n"
+            ),
+        );
+        helper_entry_with_timeout("floodsout", &floods_stdout, "30s", "")
+            + &helper_entry_with_timeout("floodserr", &floods_stderr, "30s", "")
+            + &helper_entry_with_timeout("large", &large, "30s", "")
+    });
+    let started = std::time::Instant::now();
+    for (name, stream) in [("floodsout", "stdout"), ("floodserr", "stderr")] {
+        let read = cat(&daemon, &format!("registries/{name}/token"));
+        assert!(stderr(&read).contains("Input/output error"), "{read:?}");
+        let reason = status_reason(&daemon, name);
+        let expected = format!("printed more than 1 MiB on {stream}");
+        assert!(reason.contains(&expected), "{reason}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the limit, not the timeout, ended them"
+    );
+    wait_for(
+        "the flooding helpers to be killed",
+        Duration::from_secs(5),
+        || !running(&loud),
+    );
+    assert_eq!(
+        cat(&daemon, "registries/large/token").stdout,
+        SECRET.as_bytes()
+    );
+}
+
+#[test]
+fn an_unparsable_expiry_is_reported_without_its_text() {
+    const PRINTED: &str = "expiry-text-never-shown-1e9b";
+    let mut daemon = Daemon::prepare("");
+    let helper = script(
+        daemon.dir.path(),
+        "odd-expiry",
+        &format!(
+            "echo '{{\"username\": \"u\", \"password\": \"{SECRET}\", \"expires_at\": \"{PRINTED}\"}}'\n"
+        ),
+    );
+    fs::write(&daemon.config, helper_entry("odd", &helper, "")).unwrap();
+    daemon.secret(SECRET);
+    daemon.secret(PRINTED);
+    daemon.spawn();
+    assert!(!cat(&daemon, "registries/odd/token").status.success());
+    let reason = status_reason(&daemon, "odd");
+    assert!(
+        reason.contains("printed an expires_at that is not an RFC 3339 time"),
+        "{reason}"
+    );
+    let status = String::from_utf8(cat(&daemon, "status.json").stdout).unwrap();
+    daemon.assert_no_secret_in(&status, "status.json");
+    // Dropping the daemon checks its log for PRINTED too.
+}
+
+#[test]
+fn a_helper_dies_with_the_daemon() {
+    let mut sleeper = PathBuf::new();
+    let mut daemon = start(|dir| {
+        sleeper = marked_copy(dir, "sleep", "sleeper");
+        let hangs = script(dir, "hangs", &format!("exec {} 1004\n", sleeper.display()));
+        helper_entry_with_timeout("hangs", &hangs, "60s", "")
+    });
+    let token = daemon.path("registries/hangs/token");
+    let reader = std::thread::spawn(move || fs::read(token));
+    wait_for("the helper to start", Duration::from_secs(10), || {
+        running(&sleeper)
+    });
+    daemon.crash();
+    wait_for(
+        "the helper to die with the daemon",
+        Duration::from_secs(5),
+        || !running(&sleeper),
+    );
+    assert!(
+        reader.join().unwrap().is_err(),
+        "the read failed with the daemon"
+    );
+}
+
+/// In a container credfs may be PID 1: what a helper leaves behind becomes
+/// its child once the helper exits, and must not stay a zombie.
+#[test]
+fn as_pid_1_the_daemon_reaps_what_a_helper_left_behind() {
+    require_program("unshare");
+    let mut daemon = Daemon::prepare("");
+    let dir = daemon.dir.path().to_path_buf();
+    let sleeper = marked_copy(&dir, "sleep", "sleeper");
+    let leaves = script(
+        &dir,
+        "leaves-a-child",
+        &format!(
+            "echo '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n{} 1005 &\nexit 0\n",
+            sleeper.display()
+        ),
+    );
+    fs::write(
+        &daemon.config,
+        helper_entry_with_timeout("leaves", &leaves, "30s", ""),
+    )
+    .unwrap();
+    daemon.secret(SECRET);
+    daemon.spawn_wrapped(&["unshare", "--pid", "--fork"], &[]);
+    let unshare = daemon.pid();
+    let inner = children_of(unshare);
+    assert_eq!(inner.len(), 1, "unshare runs credfs: {inner:?}");
+    let credfs: u32 = inner[0].split(' ').next().unwrap().parse().unwrap();
+    let _stop = StopsOnDrop(credfs);
+
+    assert_eq!(
+        cat(&daemon, "registries/leaves/token").stdout,
+        SECRET.as_bytes()
+    );
+    wait_for("the leftover child killed", Duration::from_secs(5), || {
+        !running(&sleeper)
+    });
+    wait_for(
+        "every child of credfs reaped",
+        Duration::from_secs(5),
+        || children_of(credfs).is_empty(),
+    );
+}
+
+/// unshare ignores SIGTERM and does not pass it on: credfs under it is
+/// stopped directly, on every way out of the test, before the fixture waits
+/// for unshare to exit with credfs's status.
+struct StopsOnDrop(u32);
+
+impl Drop for StopsOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+    }
 }

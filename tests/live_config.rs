@@ -423,3 +423,43 @@ fn values_read_while_they_change_never_stick_in_the_page_cache() {
         hammer.join().expect("reader");
     }
 }
+
+/// A secret written without quotes is a parse error. The error goes to the
+/// log and to status.json (readable by anyone who can reach the mount): it
+/// names the place and the type, never the value.
+#[test]
+fn a_refused_edit_never_shows_an_unquoted_secret() {
+    // Longer than the six digits of a log timestamp's fraction, so that a
+    // timestamp cannot match it by chance.
+    const PIN: &str = "9482913071";
+    let mut daemon = prepared(&config("q1"));
+    daemon.secret(PIN);
+    daemon.secret("94829.13071");
+    daemon.spawn();
+    let line = config("q2").lines().count() + 2;
+    let place = format!("{}:{line}:7: ", daemon.config.display());
+    for (value, kind) in [(PIN, "an integer"), ("94829.13071", "a float")] {
+        write_and_rename(
+            &daemon.config,
+            &(config("q2") + &format!("[secrets.app]\npin = {value}\n")),
+        );
+        wait_for("the refusal in status.json", APPLY_TIMEOUT, || {
+            last_error(&daemon).contains(&format!("found {kind}"))
+        });
+        let reason = last_error(&daemon);
+        assert!(
+            reason.contains(&format!("{place}a secret value must be a string")),
+            "{reason}"
+        );
+        daemon.assert_no_secret_in(&read(&daemon.path("status.json")), "status.json");
+        daemon.assert_no_secret_in(&daemon.log(), "the daemon log");
+        assert!(daemon.log().contains("config reload refused"));
+        assert_eq!(read(&daemon.path("registries/changing/token")), "token-q1");
+    }
+    write_and_rename(
+        &daemon.config,
+        &(config("q3") + "[secrets.app]\npin = \"quoted\"\n"),
+    );
+    wait_for_version(&daemon, "q3");
+    assert_eq!(read(&daemon.path("secrets/app/pin")), "quoted");
+}

@@ -93,6 +93,8 @@ pub enum RegistryProviderConfig {
         protocol: HelperProtocol,
         timeout: Duration,
         ttl: Duration,
+        /// Passed to the helper on top of a clean environment.
+        env: BTreeMap<String, Secret>,
     },
     None {
         registry: String,

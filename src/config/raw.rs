@@ -59,6 +59,7 @@ pub struct RawRegistry {
     pub protocol: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub ttl: Option<Spanned<String>>,
+    pub env: Option<Spanned<Named<RawSecret>>>,
     // thin-edge
     pub credentials_file: Option<Spanned<String>>,
     pub section: Option<Spanned<String>>,
@@ -126,6 +127,17 @@ impl<'de> Deserialize<'de> for RawSecret {
 
 struct RawSecretVisitor;
 
+impl RawSecretVisitor {
+    /// serde's own message for a value of the wrong type quotes the value,
+    /// and a secret written without quotes (`pin = 482913`) is still a
+    /// secret: name only its type.
+    fn wrong_type<E: de::Error>(found: &str) -> E {
+        E::custom(format!(
+            "a secret value must be a string, `{{ file = … }}` or `{{ env = … }}`; found {found}"
+        ))
+    }
+}
+
 impl<'de> Visitor<'de> for RawSecretVisitor {
     type Value = RawSecret;
 
@@ -139,18 +151,59 @@ impl<'de> Visitor<'de> for RawSecretVisitor {
         )))
     }
 
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("a boolean"))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("an integer"))
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("an integer"))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("an integer"))
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("an integer"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("a float"))
+    }
+
+    fn visit_char<E: de::Error>(self, _: char) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("a character"))
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<RawSecret, E> {
+        Err(Self::wrong_type("bytes"))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<RawSecret, A::Error> {
+        Err(Self::wrong_type("an array"))
+    }
+
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawSecret, A::Error> {
         let mut found: Option<RawSecret> = None;
         while let Some(key) = map.next_key::<String>()? {
+            // toml hands a date-time to a visitor as a one-key map.
+            if key.starts_with("$__toml_private") {
+                return Err(Self::wrong_type("a date-time"));
+            }
+            if key != "file" && key != "env" {
+                return Err(de::Error::custom(format!(
+                    "unknown key `{key}` in a secret value, expected `file` or `env`"
+                )));
+            }
             let value: String = map.next_value()?;
-            let source = match key.as_str() {
-                "file" => RawSecret::File(value),
-                "env" => RawSecret::Env(value),
-                other => {
-                    return Err(de::Error::custom(format!(
-                        "unknown key `{other}` in a secret value, expected `file` or `env`"
-                    )));
-                }
+            let source = if key == "file" {
+                RawSecret::File(value)
+            } else {
+                RawSecret::Env(value)
             };
             if found.replace(source).is_some() {
                 return Err(de::Error::custom(

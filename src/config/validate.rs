@@ -1,8 +1,8 @@
 //! Turns the raw TOML into a `Config`, collecting every problem with its
 //! `file:line:col` instead of stopping at the first.
 
-use super::raw::{RawConfig, RawRegistry, RawSecret, RawStore};
-use super::values::{check_name, parse_duration, parse_mode, parse_size};
+use super::raw::{Named, RawConfig, RawRegistry, RawSecret, RawStore};
+use super::values::{check_env_name, check_name, parse_duration, parse_mode, parse_size};
 use super::*;
 use std::fmt;
 use std::fs;
@@ -122,7 +122,7 @@ fn parse_into(path: &Path, text: &str, sources: &mut Vec<PathBuf>) -> Result<Con
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            checker.error(&span, e.message().trim_end().to_string());
+            checker.error(&span, without_found_value(e.message().trim_end()));
             return Err(ConfigErrors(checker.errors));
         }
     };
@@ -308,6 +308,7 @@ impl Checker<'_> {
             ("protocol", raw.protocol.as_ref().map(Spanned::span)),
             ("timeout", raw.timeout.as_ref().map(Spanned::span)),
             ("ttl", raw.ttl.as_ref().map(Spanned::span)),
+            ("env", raw.env.as_ref().map(Spanned::span)),
             (
                 "credentials_file",
                 raw.credentials_file.as_ref().map(Spanned::span),
@@ -366,7 +367,7 @@ impl Checker<'_> {
                 self.only_keys(
                     provider_name,
                     &present,
-                    &["registry", "command", "protocol", "timeout", "ttl"],
+                    &["registry", "command", "protocol", "timeout", "ttl", "env"],
                 );
                 let registry = self.required(&table, "registry", &raw.registry);
                 let registry = registry.and_then(|r| self.registry_host(r));
@@ -385,12 +386,14 @@ impl Checker<'_> {
                 };
                 let timeout = self.duration(&raw.timeout, DEFAULT_HELPER_TIMEOUT);
                 let ttl = self.duration(&raw.ttl, DEFAULT_HELPER_TTL);
+                let env = self.helper_env(raw.env.as_ref());
                 RegistryProviderConfig::Helper {
                     registry: registry?,
                     command: command?,
                     protocol: protocol?,
                     timeout: timeout?,
                     ttl: ttl?,
+                    env: env?,
                 }
             }
             "none" => {
@@ -533,6 +536,26 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// The variables a helper gets besides PATH, HOME and LANG.
+    fn helper_env(
+        &mut self,
+        table: Option<&Spanned<Named<RawSecret>>>,
+    ) -> Option<BTreeMap<String, Secret>> {
+        let mut env = BTreeMap::new();
+        let mut complete = true;
+        for (name, value) in table.map(Spanned::get_ref).into_iter().flatten() {
+            let valid = check_env_name(name.get_ref());
+            let secret = self.secret(value);
+            match (self.check(&name.span(), valid), secret) {
+                (Some(()), Some(secret)) => {
+                    env.insert(name.get_ref().clone(), secret);
+                }
+                _ => complete = false,
+            }
+        }
+        complete.then_some(env)
     }
 
     fn duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Option<Duration> {
@@ -828,6 +851,37 @@ fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     }
 }
 
+/// serde's "invalid type" and "invalid value" messages quote the value they
+/// found. Any value can be a secret written in the wrong place (or without
+/// quotes), and these messages reach the log and status.json: keep only the
+/// kind of value.
+fn without_found_value(message: &str) -> String {
+    const QUOTING_KINDS: [&str; 5] = [
+        "boolean",
+        "integer",
+        "floating point",
+        "character",
+        "string",
+    ];
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        // The expectation comes last and from our own schema, so the last
+        // ", expected " is where the found value ends.
+        let Some(end) = rest.rfind(", expected ") else {
+            continue;
+        };
+        let found = &rest[..end];
+        let kind = QUOTING_KINDS
+            .into_iter()
+            .find(|kind| found.starts_with(kind))
+            .unwrap_or(found);
+        return format!("{prefix}{kind}{}", &rest[end..]);
+    }
+    message.to_string()
+}
+
 /// Overwrites every string in a parsed TOML value before it is dropped.
 fn wipe_toml(value: &mut toml::Value) {
     use zeroize::Zeroize;
@@ -994,6 +1048,145 @@ key = "v"
                 assert!(!shown.contains(secret), "{shown}");
             }
         }
+    }
+
+    #[test]
+    fn an_unquoted_secret_is_refused_by_position_and_type_only() {
+        for (value, kind) in [
+            ("482913", "an integer"),
+            ("-482913", "an integer"),
+            ("4829.13", "a float"),
+            ("true", "a boolean"),
+            ("1979-05-27T07:32:00Z", "a date-time"),
+            ("[482913]", "an array"),
+        ] {
+            for text in [
+                format!("[secrets.app]\npin = {value}\n"),
+                format!(
+                    "[registries.x]\nprovider = \"static\"\nregistry = \"r\"\nusername = \"u\"\npassword = {value}\n"
+                ),
+            ] {
+                let e = errors(&text);
+                assert_eq!(e.len(), 1, "{e:?}");
+                let line = text.lines().count();
+                let column = text
+                    .lines()
+                    .last()
+                    .map_or(0, |l| l.find('=').unwrap_or(0) + 3);
+                assert!(
+                    e[0].starts_with(&format!("c.toml:{line}:{column}: ")),
+                    "{e:?}"
+                );
+                assert!(e[0].contains(&format!("found {kind}")), "{e:?}");
+                assert!(!e[0].contains("4829") && !e[0].contains("1979"), "{e:?}");
+                assert!(!e[0].contains("true"), "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn serde_messages_lose_the_value_they_quote() {
+        let e = errors("[mount]\nuid = \"s3cr3t-in-the-wrong-place\"\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("c.toml:2:7: invalid type: string, expected"),
+            "{e:?}"
+        );
+        assert!(!e[0].contains("s3cr3t"), "{e:?}");
+        let e = errors("[mount]\nallow_other = 7391\n");
+        assert!(
+            e[0].starts_with("c.toml:2:15: invalid type: integer, expected"),
+            "{e:?}"
+        );
+        assert!(!e[0].contains("7391"), "{e:?}");
+        assert_eq!(
+            without_found_value("invalid value: integer `-1`, expected u32"),
+            "invalid value: integer, expected u32"
+        );
+        assert_eq!(
+            without_found_value("invalid type: string \"a, expected b\", expected a map"),
+            "invalid type: string, expected a map"
+        );
+        assert_eq!(
+            without_found_value("invalid type: sequence, expected a string"),
+            "invalid type: sequence, expected a string"
+        );
+        assert_eq!(without_found_value("duplicate key"), "duplicate key");
+    }
+
+    #[test]
+    fn a_helper_env_table_takes_every_secret_form() {
+        let dir = tempfile_dir("helper-env");
+        fs::write(dir.join("token"), "from-file\n").unwrap();
+        // SAFETY: a variable only this test reads.
+        unsafe { std::env::set_var("CREDFS_TEST_HELPER_ENV", "from-env") };
+        let text = "[registries.h]\nprovider = \"helper\"\nregistry = \"r\"\ncommand = [\"/bin/h\"]\n\
+                    env = { PLAIN = \"literal\", FROM_ENV = { env = \"CREDFS_TEST_HELPER_ENV\" }, _FILE1 = { file = \"token\" } }\n";
+        let config = parse(&dir.join("c.toml"), text).expect("valid");
+        let RegistryProviderConfig::Helper { env, .. } = &config.registries["h"].provider else {
+            panic!("helper");
+        };
+        let shown: Vec<(&str, &[u8])> = env.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+        assert_eq!(
+            shown,
+            [
+                ("FROM_ENV", &b"from-env"[..]),
+                ("PLAIN", &b"literal"[..]),
+                ("_FILE1", &b"from-file"[..])
+            ]
+        );
+        let mut changed = text.replace("literal", "other");
+        let other = parse(&dir.join("c.toml"), &changed).expect("valid");
+        assert_ne!(
+            config.registries["h"], other.registries["h"],
+            "a changed env value is a changed registry"
+        );
+        changed = text.replace("PLAIN", "RENAMED");
+        let other = parse(&dir.join("c.toml"), &changed).expect("valid");
+        assert_ne!(config.registries["h"], other.registries["h"]);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_helper_env_tables_are_refused_with_their_place() {
+        let helper =
+            "[registries.h]\nprovider = \"helper\"\nregistry = \"r\"\ncommand = [\"/bin/h\"]\n";
+        let e = errors(&format!(
+            "{helper}env = {{ 1BAD = \"v\", \"A-B\" = \"v\", \"\" = \"v\", OK = {{ env = \"CREDFS_TEST_UNSET_VAR\" }} }}\n"
+        ));
+        assert_eq!(
+            e,
+            [
+                "c.toml:5:9: invalid environment variable name `1BAD`: use letters, digits and `_`, not starting with a digit",
+                "c.toml:5:21: invalid environment variable name `A-B`: use letters, digits and `_`, not starting with a digit",
+                "c.toml:5:34: an environment variable name cannot be empty",
+                "c.toml:5:49: environment variable `CREDFS_TEST_UNSET_VAR` is not set",
+            ]
+        );
+        let e = errors(&format!("{helper}env = {{ PIN = 482913 }}\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("c.toml:5:15: a secret value must be a string"),
+            "{e:?}"
+        );
+        assert!(!e[0].contains("482913"), "{e:?}");
+        let e = errors(&format!("{helper}env = {{ X = {{ path = \"/p\" }} }}\n"));
+        assert!(
+            e[0].contains("unknown key `path` in a secret value"),
+            "{e:?}"
+        );
+        let e =
+            errors("[registries.x]\nprovider = \"none\"\nregistry = \"r\"\nenv = { A = \"b\" }\n");
+        assert_eq!(
+            e,
+            ["c.toml:4:7: key `env` is not valid for provider `none`"]
+        );
+    }
+
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("credfs-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -58,6 +58,23 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// A helper's environment variable name, as POSIX shells accept it.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else if name.is_empty() {
+        Err("an environment variable name cannot be empty".to_string())
+    } else {
+        Err(format!(
+            "invalid environment variable name `{name}`: use letters, digits and `_`, not starting with a digit"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +101,16 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn env_names_are_shell_names() {
+        for good in ["PATH", "_x", "A1_b"] {
+            assert!(check_env_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "A=B", "É"] {
+            assert!(check_env_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

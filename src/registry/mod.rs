@@ -62,8 +62,9 @@ pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider
             protocol,
             timeout,
             ttl,
+            env,
         } => Arc::new(helper::HelperProvider::new(
-            registry, command, *protocol, *timeout, *ttl,
+            registry, command, *protocol, *timeout, *ttl, env,
         )),
         RegistryProviderConfig::Ecr {
             region,
