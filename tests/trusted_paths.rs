@@ -372,8 +372,25 @@ fn a_planted_symlink_in_a_store_is_never_served() {
         assert_eq!(open_errno(&path, "os.O_RDONLY"), libc::ENOENT, "{name}");
         assert!(fs::metadata(&path).is_err(), "{name} has attributes");
     }
-    // The links are left alone.
+    let shadow = sha256(Path::new("/etc/shadow"));
+    let out = run("rm", &[&daemon.path("projects/b/x.zip").to_string_lossy()]);
+    assert!(!out.status.success(), "rm of a link that is no archive");
     assert!(bucket.join("x.zip").symlink_metadata().is_ok());
+    // An upload to that name replaces the link, not what it points at.
+    let out = cp(&src.join("good.zip"), &daemon.path("projects/b/x.zip"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        bucket
+            .join("x.zip")
+            .symlink_metadata()
+            .expect("stored")
+            .is_file()
+    );
+    assert_eq!(
+        sha256(&daemon.path("projects/b/x.zip")),
+        sha256(&src.join("good.zip"))
+    );
+    assert_eq!(sha256(Path::new("/etc/shadow")), shadow);
     daemon.stop();
 }
 
