@@ -267,8 +267,28 @@ fn read_only(fd: &OwnedFd) -> bool {
     rustix::fs::fstatvfs(fd).is_ok_and(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
 }
 
-/// The walk itself. `Ok(None)`: an entry is missing and `want` allows it.
+/// Walks again when an entry changed under the walk, or vanished: a
+/// Kubernetes ConfigMap update swaps `..data` and then removes the old
+/// generation, which a walk may have just resolved.
 fn walk(path: &Path, want: Want) -> Result<Option<OwnedFd>, Distrust> {
+    let mut attempts = 1;
+    loop {
+        match walk_once(path, want) {
+            Err(d)
+                if attempts < WALK_ATTEMPTS
+                    && (matches!(d.reason, Reason::Changed) || is_missing(&d)) =>
+            {
+                attempts += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+const WALK_ATTEMPTS: u32 = 3;
+
+/// The walk itself. `Ok(None)`: an entry is missing and `want` allows it.
+fn walk_once(path: &Path, want: Want) -> Result<Option<OwnedFd>, Distrust> {
     let path = std::path::absolute(path).map_err(|e| Distrust::new(path, Reason::Io(e)))?;
     let root = Path::new("/");
     let root_fd = rustix::fs::open(

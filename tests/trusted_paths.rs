@@ -458,3 +458,44 @@ fn an_upload_is_sent_from_the_checked_descriptor_not_by_name() {
     assert_eq!(sha256(&server.object("projects", "x.zip")), sha256(&zip));
     daemon.stop();
 }
+
+/// Unmounts a scratch mount even when the test fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = run("umount", &[&self.0.to_string_lossy()]);
+    }
+}
+
+/// A Kubernetes ConfigMap volume is a 0777 directory on a read-only mount:
+/// its write bits grant nobody anything, so it is trusted; the same
+/// directory writable is not.
+#[test]
+fn a_world_writable_directory_on_a_read_only_mount_is_trusted() {
+    require_program("mount");
+    let scratch = Scratch::new("");
+    let volume = scratch.mkdir("volume");
+    let out = run(
+        "mount",
+        &["-t", "tmpfs", "tmpfs", &volume.to_string_lossy()],
+    );
+    assert!(out.status.success(), "mount: {}", stderr(&out));
+    let _mounted = Mounted(volume.clone());
+    chmod(&volume, 0o777);
+    let config = volume.join("credfs.toml");
+    fs::write(&config, "[secrets.g]\nk = \"v\"\n").expect("config");
+    chmod(&config, 0o644);
+    let checked = || run(BIN, &["check", "--config", &config.to_string_lossy()]);
+    let out = checked();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is writable by group and others (mode 0777)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run("mount", &["-o", "remount,ro", &volume.to_string_lossy()]);
+    assert!(out.status.success(), "remount: {}", stderr(&out));
+    let out = checked();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
