@@ -499,3 +499,16 @@ fn a_world_writable_directory_on_a_read_only_mount_is_trusted() {
     let out = checked();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// Secret files are read as bytes from the checked descriptor: a binary
+/// key is served as it is.
+#[test]
+fn a_binary_secret_file_is_served_exactly() {
+    let mut daemon = Daemon::prepare("[secrets.g]\nk = { file = \"@DIR@/key.bin\" }\n");
+    let key: Vec<u8> = vec![0xff, 0x00, 0xfe, b'k', 0x80];
+    fs::write(daemon.dir.path().join("key.bin"), &key).expect("key");
+    chmod(&daemon.dir.path().join("key.bin"), 0o600);
+    daemon.spawn();
+    assert_eq!(fs::read(daemon.path("secrets/g/k")).expect("read"), key);
+    daemon.stop();
+}

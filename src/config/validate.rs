@@ -78,7 +78,7 @@ fn load_into(path: &Path, sources: &mut Vec<PathBuf>) -> Result<Config, ConfigEr
     };
     // The text is read from the descriptor that was checked.
     let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let text = read_trusted(&shown).map_err(|e| {
+    let bytes = read_trusted(&shown).map_err(|e| {
         whole_file(match e.io_error() {
             Some(io) => format!("cannot read config: {io}"),
             None => format!(
@@ -87,11 +87,13 @@ fn load_into(path: &Path, sources: &mut Vec<PathBuf>) -> Result<Config, ConfigEr
             ),
         })
     })?;
-    parse_into(path, &text, sources)
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| whole_file("cannot read config: it is not UTF-8 text".into()))?;
+    parse_into(path, text, sources)
 }
 
-/// The whole of a trusted file; it can hold literal secrets.
-fn read_trusted(path: &Path) -> Result<zeroize::Zeroizing<String>, trust::Distrust> {
+/// The whole of a trusted file; it can hold secrets.
+fn read_trusted(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, trust::Distrust> {
     let mut file = trust::open_file(path)?;
     let io = |e| trust::Distrust {
         at: path.to_path_buf(),
@@ -99,9 +101,9 @@ fn read_trusted(path: &Path) -> Result<zeroize::Zeroizing<String>, trust::Distru
     };
     let size = file.metadata().map_err(io)?.len();
     // Sized up front: a grown buffer would leave unwiped copies behind.
-    let mut text = zeroize::Zeroizing::new(String::with_capacity(size as usize + 1));
-    file.read_to_string(&mut text).map_err(io)?;
-    Ok(text)
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(size as usize + 1));
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
 }
 
 /// The daemon's state directory: systemd's `$STATE_DIRECTORY` (the first,
@@ -243,7 +245,7 @@ impl Checker<'_> {
             RawSecret::File(file) => {
                 let path = self.source(file);
                 match read_trusted(&path) {
-                    Ok(text) => Some(Secret::new(strip_one_newline(text.as_bytes().to_vec()))),
+                    Ok(bytes) => Some(Secret::new(strip_one_newline(bytes.to_vec()))),
                     Err(e) => {
                         let message = match e.io_error() {
                             Some(io) => format!("cannot read secret file `{file}`: {io}"),
@@ -485,8 +487,8 @@ impl Checker<'_> {
         section: &Spanned<String>,
     ) -> Option<(String, String, String)> {
         let path = self.source(file.get_ref());
-        let text = match read_trusted(&path) {
-            Ok(text) => text,
+        let bytes = match read_trusted(&path) {
+            Ok(bytes) => bytes,
             Err(e) => {
                 let message = match e.io_error() {
                     Some(io) => format!(
@@ -499,13 +501,17 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let mut table: toml::Table = match toml::from_str(&text) {
+        let parsed = std::str::from_utf8(&bytes)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| {
+                toml::from_str::<toml::Table>(text).map_err(|e| e.message().to_string())
+            });
+        let mut table: toml::Table = match parsed {
             Ok(table) => table,
             Err(e) => {
                 let message = format!(
-                    "thin-edge credentials `{}` are not valid TOML: {}",
+                    "thin-edge credentials `{}` are not valid TOML: {e}",
                     file.get_ref(),
-                    e.message()
                 );
                 self.error(&file.span(), message);
                 return None;
