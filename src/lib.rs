@@ -8,5 +8,6 @@ pub mod registry;
 pub mod secret;
 pub mod status;
 pub mod store;
+pub mod trust;
 pub mod upload;
 pub mod vfs;

@@ -236,9 +236,14 @@ fn group_or_world_writable_configs_are_refused() {
         fs::set_permissions(&file.path, fs::Permissions::from_mode(mode)).unwrap();
         let (code, _, err) = check(&file);
         assert_eq!(code, Some(1));
+        let who = match mode {
+            0o620 => "group",
+            0o602 => "others",
+            _ => "group and others",
+        };
         let expected = format!(
-            "{}:1:1: config file is group- or world-writable (mode {mode:04o})",
-            file.path.display()
+            "{path}:1:1: config file {path} is writable by {who} (mode {mode:04o}); it can name programs credfs runs",
+            path = file.path.display()
         );
         assert!(err.contains(&expected), "{err}");
     }
@@ -251,7 +256,10 @@ fn configs_owned_by_another_user_are_refused() {
     let (code, _, err) = check(&file);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains(":1:1: config file is owned by uid 1000, not by the daemon's uid 0"),
+        err.contains(&format!(
+            ":1:1: config file {} is owned by uid 1000, not by root or the daemon's uid 0",
+            file.path.display()
+        )),
         "{err}"
     );
 }

@@ -315,7 +315,7 @@ fn a_broken_edit_is_refused_with_its_place_and_the_fixed_one_applies() {
     write_in_place(&daemon.config, &config("b4"));
     set_mode(&daemon.config, 0o666);
     wait_for("the unsafe mode refused", APPLY_TIMEOUT, || {
-        last_error(&daemon).contains("group- or world-writable")
+        last_error(&daemon).contains("is writable by group and others (mode 0666)")
     });
     set_mode(&daemon.config, 0o600);
     wait_for_version(&daemon, "b4");

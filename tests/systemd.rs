@@ -60,6 +60,9 @@ fn the_unit_asks_for_what_the_daemon_does_and_no_mount_namespace() {
         ("CapabilityBoundingSet", "CAP_SYS_ADMIN"),
         ("DevicePolicy", "closed"),
         ("DeviceAllow", "/dev/fuse rw"),
+        // The spool's default home: root's, mode 0700.
+        ("StateDirectory", "credfs"),
+        ("StateDirectoryMode", "0700"),
     ] {
         assert_eq!(value(&text, key).as_deref(), Some(expected), "{key}=");
     }

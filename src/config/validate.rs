@@ -4,15 +4,17 @@
 use super::raw::{Named, RawConfig, RawRegistry, RawSecret, RawStore};
 use super::values::{check_env_name, check_name, parse_duration, parse_mode, parse_size};
 use super::*;
+use crate::trust;
 use std::fmt;
-use std::fs;
+use std::io::Read;
 use std::ops::Range;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use toml::Spanned;
 
 const DEFAULT_PART_SIZE: u64 = 8 << 20;
-const DEFAULT_SPOOL_DIR: &str = "/var/tmp/credfs-spool";
+/// Where the daemon keeps its own files when systemd does not say
+/// (`StateDirectory=` sets `$STATE_DIRECTORY`): root's, never `/var/tmp`.
+const DEFAULT_STATE_DIR: &str = "/var/lib/credfs";
 const MIN_PART_SIZE: u64 = 5 << 20;
 const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HELPER_TTL: Duration = Duration::from_secs(3600);
@@ -74,35 +76,45 @@ fn load_into(path: &Path, sources: &mut Vec<PathBuf>) -> Result<Config, ConfigEr
             message,
         }])
     };
-    let metadata =
-        fs::metadata(path).map_err(|e| whole_file(format!("cannot read config: {e}")))?;
-    check_ownership(path, &metadata).map_err(whole_file)?;
-    // The text can hold literal secrets.
-    let text = fs::read_to_string(path)
-        .map(zeroize::Zeroizing::new)
-        .map_err(|e| whole_file(format!("cannot read config: {e}")))?;
-    parse_into(path, &text, sources)
+    // The text is read from the descriptor that was checked.
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let bytes = read_trusted(&shown).map_err(|e| {
+        whole_file(match e.io_error() {
+            Some(io) => format!("cannot read config: {io}"),
+            None => format!(
+                "{}; it can name programs credfs runs",
+                e.describe("config file", &shown)
+            ),
+        })
+    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| whole_file("cannot read config: it is not UTF-8 text".into()))?;
+    parse_into(path, text, sources)
 }
 
-/// A config can name a helper program the daemon runs, so only its owner may
-/// change it.
-fn check_ownership(path: &Path, metadata: &fs::Metadata) -> Result<(), String> {
-    let mode = metadata.mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "config file is group- or world-writable (mode {mode:04o}); it can name programs credfs runs: chmod go-w {}",
-            path.display()
-        ));
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if metadata.uid() != euid {
-        return Err(format!(
-            "config file is owned by uid {}, not by the daemon's uid {euid}; it can name programs credfs runs",
-            metadata.uid()
-        ));
-    }
-    Ok(())
+/// The whole of a trusted file; it can hold secrets.
+fn read_trusted(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, trust::Distrust> {
+    let mut file = trust::open_file(path)?;
+    let io = |e| trust::Distrust {
+        at: path.to_path_buf(),
+        reason: trust::Reason::Io(e),
+    };
+    let size = file.metadata().map_err(io)?.len();
+    // Sized up front: a grown buffer would leave unwiped copies behind.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(size as usize + 1));
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
+/// The daemon's state directory: systemd's `$STATE_DIRECTORY` (the first,
+/// when it lists several), else `/var/lib/credfs`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            let first = dirs.to_string_lossy().split(':').next()?.to_string();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
 /// Parses and validates config text; `path` names it in errors and anchors
@@ -231,13 +243,20 @@ impl Checker<'_> {
                     None
                 }
             },
-            RawSecret::File(file) => match fs::read(self.source(file)) {
-                Ok(bytes) => Some(Secret::new(strip_one_newline(bytes))),
-                Err(e) => {
-                    self.error(&span, format!("cannot read secret file `{file}`: {e}"));
-                    None
+            RawSecret::File(file) => {
+                let path = self.source(file);
+                match read_trusted(&path) {
+                    Ok(bytes) => Some(Secret::new(strip_one_newline(bytes.to_vec()))),
+                    Err(e) => {
+                        let message = match e.io_error() {
+                            Some(io) => format!("cannot read secret file `{file}`: {io}"),
+                            None => e.describe("secret file", &path),
+                        };
+                        self.error(&span, message);
+                        None
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -471,26 +490,32 @@ impl Checker<'_> {
         file: &Spanned<String>,
         section: &Spanned<String>,
     ) -> Option<(String, String, String)> {
-        let text = match fs::read_to_string(self.source(file.get_ref())) {
-            Ok(text) => zeroize::Zeroizing::new(text),
+        let path = self.source(file.get_ref());
+        let bytes = match read_trusted(&path) {
+            Ok(bytes) => bytes,
             Err(e) => {
-                self.error(
-                    &file.span(),
-                    format!(
-                        "cannot read thin-edge credentials `{}`: {e}",
+                let message = match e.io_error() {
+                    Some(io) => format!(
+                        "cannot read thin-edge credentials `{}`: {io}",
                         file.get_ref()
                     ),
-                );
+                    None => e.describe("thin-edge credentials", &path),
+                };
+                self.error(&file.span(), message);
                 return None;
             }
         };
-        let mut table: toml::Table = match toml::from_str(&text) {
+        let parsed = std::str::from_utf8(&bytes)
+            .map_err(|_| "not UTF-8 text".to_string())
+            .and_then(|text| {
+                toml::from_str::<toml::Table>(text).map_err(|e| e.message().to_string())
+            });
+        let mut table: toml::Table = match parsed {
             Ok(table) => table,
             Err(e) => {
                 let message = format!(
-                    "thin-edge credentials `{}` are not valid TOML: {}",
+                    "thin-edge credentials `{}` are not valid TOML: {e}",
                     file.get_ref(),
-                    e.message()
                 );
                 self.error(&file.span(), message);
                 return None;
@@ -523,7 +548,13 @@ impl Checker<'_> {
 
     fn helper_command(&mut self, command: Spanned<Vec<String>>) -> Option<Vec<String>> {
         match command.get_ref().first() {
-            Some(program) if Path::new(program).is_absolute() => Some(command.into_inner()),
+            Some(program) if Path::new(program).is_absolute() => {
+                let program = Path::new(program);
+                let checked = trust::check_program(program)
+                    .map_err(|e| e.describe("helper program", program));
+                self.check(&command.span(), checked)?;
+                Some(command.into_inner())
+            }
             Some(program) => {
                 self.error(
                     &command.span(),
@@ -577,6 +608,27 @@ impl Checker<'_> {
             None => Some(None),
             Some(v) => self.secret(v).map(Some),
         }
+    }
+
+    /// Refuses a directory credfs writes into unless `trust` does not.
+    fn trusted_dir(&mut self, what: &str, path: &Path, span: &Range<usize>) -> Option<()> {
+        let checked = trust::check_dir(path).map_err(|e| e.describe(what, path));
+        self.check(span, checked)
+    }
+
+    /// The spool directory, by default in the state directory; an error
+    /// about the default points at the store's `provider`.
+    fn spool_dir(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        provider: &Spanned<String>,
+    ) -> Option<PathBuf> {
+        let (path, span) = match value {
+            Some(dir) => (PathBuf::from(dir.get_ref()), dir.span()),
+            None => (state_dir().join("spool"), provider.span()),
+        };
+        self.trusted_dir("spool directory", &path, &span)?;
+        Some(path)
     }
 
     fn store(
@@ -668,8 +720,19 @@ impl Checker<'_> {
                     };
                     self.check(&r.span(), result)
                 });
+                let root = root?;
+                if let Some(span) = raw.root.as_ref().map(Spanned::span) {
+                    self.trusted_dir("store root", &root, &span)?;
+                }
+                for bucket in &buckets {
+                    self.trusted_dir(
+                        "bucket directory",
+                        &root.join(bucket.get_ref()),
+                        &bucket.span(),
+                    )?;
+                }
                 StoreProviderConfig::Filesystem {
-                    root: root?,
+                    root,
                     sync: raw.sync.map(Spanned::into_inner).unwrap_or(true),
                 }
             }
@@ -745,10 +808,7 @@ impl Checker<'_> {
                     prefix: raw.prefix.map(Spanned::into_inner).unwrap_or_default(),
                     part_size: part_size?,
                     checksums: checksums?,
-                    spool_dir: raw.spool_dir.map_or_else(
-                        || PathBuf::from(DEFAULT_SPOOL_DIR),
-                        |d| PathBuf::from(d.into_inner()),
-                    ),
+                    spool_dir: self.spool_dir(&raw.spool_dir, &raw.provider)?,
                 }
             }
             "azure" => {
@@ -785,10 +845,7 @@ impl Checker<'_> {
                     access_key: access_key?,
                     endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
                     prefix: raw.prefix.map(Spanned::into_inner).unwrap_or_default(),
-                    spool_dir: raw.spool_dir.map_or_else(
-                        || PathBuf::from(DEFAULT_SPOOL_DIR),
-                        |d| PathBuf::from(d.into_inner()),
-                    ),
+                    spool_dir: self.spool_dir(&raw.spool_dir, &raw.provider)?,
                 }
             }
             other => {
@@ -905,6 +962,7 @@ fn strip_one_newline(mut bytes: Vec<u8>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn errors(text: &str) -> Vec<String> {
         match parse(Path::new("c.toml"), text) {

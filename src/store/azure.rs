@@ -7,7 +7,7 @@
 //! on failure.
 
 use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
-use super::spool::{SpoolFile, SpooledUpload};
+use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
@@ -37,7 +37,7 @@ pub struct AzureSettings {
 pub struct AzureStore {
     containers: HashMap<String, Arc<dyn ObjectStore>>,
     prefix: String,
-    spool_dir: PathBuf,
+    spool_dir: Arc<TrustedDir>,
 }
 
 fn azure_error(operation: &str, what: &str, error: object_store::Error) -> Error {
@@ -102,13 +102,12 @@ impl AzureStore {
                 .map_err(|e| azure_error("setup", container, e))?;
             stores.insert(container.clone(), Arc::new(store) as Arc<dyn ObjectStore>);
         }
-        std::fs::create_dir_all(&settings.spool_dir)
-            .map_err(|e| Error::from_io(settings.spool_dir.display(), &e))?;
-        SpoolFile::clean(&settings.spool_dir)?;
+        let spool_dir = TrustedDir::open(&settings.spool_dir, "spool directory")?;
+        SpoolFile::clean(&spool_dir)?;
         Ok(AzureStore {
             containers: stores,
             prefix: settings.prefix,
-            spool_dir: settings.spool_dir,
+            spool_dir: Arc::new(spool_dir),
         })
     }
 

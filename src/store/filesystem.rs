@@ -1,46 +1,67 @@
 //! `filesystem`: archives as files under `root/<bucket>/`. An upload is a
 //! hidden temporary file in the bucket directory, renamed into place on
 //! commit, so a crash or a rejected archive never leaves a partial file.
+//! The root and each bucket directory are opened once, through `trust`, and
+//! everything after goes through their descriptors without following
+//! links: a symlink planted in a bucket (`x.zip -> /etc/shadow`) is not an
+//! archive, and is neither listed nor served (ENOENT); a delete or rename
+//! of such a name acts on the link itself.
 
-use super::spool::{Committer, SpoolFile, SpooledUpload, read_full_at};
+use super::spool::{Committer, SpoolFile, SpooledUpload, TrustedDir, read_full_at};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload, blocking};
 use crate::error::{Error, Result};
+use crate::trust;
 use async_trait::async_trait;
-use std::fs::{self, File};
+use rustix::fs::{Mode, OFlags, Stat};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 pub struct FilesystemStore {
-    root: PathBuf,
+    buckets: BTreeMap<String, Arc<TrustedDir>>,
     sync: bool,
 }
 
 impl FilesystemStore {
-    /// Creates missing bucket directories and removes uploads a crashed
-    /// daemon left behind.
+    /// Opens the root and the bucket directories (making missing ones)
+    /// and removes uploads a crashed daemon left behind.
     pub async fn open(root: PathBuf, buckets: &[String], sync: bool) -> Result<Self> {
-        let dirs: Vec<PathBuf> = buckets.iter().map(|b| root.join(b)).collect();
-        blocking(move || {
-            for dir in dirs {
-                fs::create_dir_all(&dir).map_err(|e| Error::from_io(dir.display(), &e))?;
+        let names = buckets.to_vec();
+        let buckets = blocking(move || {
+            let root = TrustedDir::open(&root, "store root")?;
+            let mut dirs = BTreeMap::new();
+            for name in names {
+                let dir = root.subdir(&name, "bucket directory")?;
                 SpoolFile::clean(&dir)?;
+                dirs.insert(name, Arc::new(dir));
             }
-            Ok(())
+            Ok(dirs)
         })
         .await?;
-        Ok(FilesystemStore { root, sync })
+        Ok(FilesystemStore { buckets, sync })
     }
 
-    fn object_path(&self, bucket: &str, name: &str) -> PathBuf {
-        self.root.join(bucket).join(name)
+    fn bucket(&self, bucket: &str) -> Result<Arc<TrustedDir>> {
+        self.buckets
+            .get(bucket)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("bucket {bucket}")))
     }
 }
 
-fn info_of(metadata: &fs::Metadata) -> ObjectInfo {
+fn info_of(stat: &Stat) -> ObjectInfo {
+    let modified = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::new(
+            stat.st_mtime.max(0) as u64,
+            stat.st_mtime_nsec as u32,
+        ))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     ObjectInfo {
-        size: metadata.len(),
-        modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        size: stat.st_size.max(0) as u64,
+        modified,
     }
 }
 
@@ -48,24 +69,29 @@ fn is_archive_name(name: &str) -> bool {
     name.ends_with(".zip") && !name.starts_with('.')
 }
 
+/// The archive `name` in `dir`, when it is a regular file there (not a
+/// link to one).
+fn archive_stat(dir: &TrustedDir, name: &str) -> Result<Option<Stat>> {
+    match trust::stat_in(dir.fd(), name) {
+        Ok(stat) if trust::is_regular(&stat) => Ok(Some(stat)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::from_io(dir.shown(name), &e)),
+    }
+}
+
 #[async_trait]
 impl ProjectStore for FilesystemStore {
     async fn list(&self, bucket: &str) -> Result<Vec<(String, ObjectInfo)>> {
-        let dir = self.root.join(bucket);
+        let dir = self.bucket(bucket)?;
         blocking(move || {
-            let entries = fs::read_dir(&dir).map_err(|e| Error::from_io(dir.display(), &e))?;
             let mut objects = Vec::new();
-            for entry in entries.flatten() {
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
+            for name in dir.names()? {
                 if !is_archive_name(&name) {
                     continue;
                 }
-                if let Ok(metadata) = entry.metadata()
-                    && metadata.is_file()
-                {
-                    objects.push((name, info_of(&metadata)));
+                if let Ok(Some(stat)) = archive_stat(&dir, &name) {
+                    objects.push((name, info_of(&stat)));
                 }
             }
             Ok(objects)
@@ -77,33 +103,41 @@ impl ProjectStore for FilesystemStore {
         if !is_archive_name(name) {
             return Ok(None);
         }
-        let path = self.object_path(bucket, name);
-        blocking(move || match fs::metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Some(info_of(&m))),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::from_io(path.display(), &e)),
-        })
-        .await
+        let dir = self.bucket(bucket)?;
+        let name = name.to_string();
+        blocking(move || Ok(archive_stat(&dir, &name)?.map(|s| info_of(&s)))).await
     }
 
     async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
-        let path = self.object_path(bucket, name);
+        let dir = self.bucket(bucket)?;
+        let name = name.to_string();
         blocking(move || {
-            let file = File::open(&path).map_err(|e| Error::from_io(path.display(), &e))?;
-            let metadata = file
-                .metadata()
-                .map_err(|e| Error::from_io(path.display(), &e))?;
+            let shown = dir.shown(&name);
+            // NONBLOCK: a FIFO planted here must not hang the open.
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let fd = match rustix::fs::openat(dir.fd(), name.as_str(), flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::LOOP) => {
+                    return Err(Error::not_found(format!(
+                        "{shown}: a symlink, not an archive"
+                    )));
+                }
+                Err(e) => return Err(Error::from_io(&shown, &e.into())),
+            };
+            let stat = rustix::fs::fstat(&fd).map_err(|e| Error::from_io(&shown, &e.into()))?;
+            if !trust::is_regular(&stat) {
+                return Err(Error::not_found(format!("{shown}: not a regular file")));
+            }
             Ok(Box::new(FileReader {
-                file: Arc::new(file),
-                info: info_of(&metadata),
+                file: Arc::new(File::from(fd)),
+                info: info_of(&stat),
             }) as Box<dyn ObjectReader>)
         })
         .await
     }
 
     async fn begin_upload(&self, bucket: &str, _name: &str) -> Result<Box<dyn Upload>> {
-        let dir = self.root.join(bucket);
+        let dir = self.bucket(bucket)?;
         let spool = SpoolFile::create(&dir).await?;
         let committer = RenameInto {
             dir,
@@ -113,17 +147,20 @@ impl ProjectStore for FilesystemStore {
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<()> {
-        let path = self.object_path(bucket, name);
-        blocking(move || fs::remove_file(&path).map_err(|e| Error::from_io(path.display(), &e)))
-            .await
+        let dir = self.bucket(bucket)?;
+        let name = name.to_string();
+        blocking(move || dir.unlink(&name)).await
     }
 
     async fn rename(&self, bucket: &str, from: &str, to: &str) -> Result<ObjectInfo> {
-        let (from, to) = (self.object_path(bucket, from), self.object_path(bucket, to));
+        let dir = self.bucket(bucket)?;
+        let (from, to) = (from.to_string(), to.to_string());
         blocking(move || {
-            fs::rename(&from, &to).map_err(|e| Error::from_io(from.display(), &e))?;
-            let metadata = fs::metadata(&to).map_err(|e| Error::from_io(to.display(), &e))?;
-            Ok(info_of(&metadata))
+            rustix::fs::renameat(dir.fd(), from.as_str(), dir.fd(), to.as_str())
+                .map_err(|e| Error::from_io(dir.shown(&from), &e.into()))?;
+            let stat =
+                trust::stat_in(dir.fd(), &to).map_err(|e| Error::from_io(dir.shown(&to), &e))?;
+            Ok(info_of(&stat))
         })
         .await
     }
@@ -148,14 +185,19 @@ impl ObjectReader for FileReader {
 
 /// Commits a spool file in the bucket directory by renaming it.
 struct RenameInto {
-    dir: PathBuf,
+    dir: Arc<TrustedDir>,
     sync: bool,
 }
 
 #[async_trait]
 impl Committer for RenameInto {
     async fn commit(&mut self, spool: SpoolFile, name: &str) -> Result<ObjectInfo> {
-        let metadata = spool.rename_into(self.dir.join(name), self.sync).await?;
-        Ok(info_of(&metadata))
+        let metadata = spool
+            .rename_into(self.dir.clone(), name.to_string(), self.sync)
+            .await?;
+        Ok(ObjectInfo {
+            size: metadata.len(),
+            modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        })
     }
 }

@@ -27,9 +27,10 @@ const POLL: Duration = Duration::from_millis(50);
 pub trait PartSink: Send {
     /// Sends the next part; parts are numbered in the order they are sent.
     async fn send(&mut self, part: Bytes) -> Result<()>;
-    /// Sends `length` bytes of the spool at `offset` as the next part. By
-    /// default they are read into memory first; a client that streams from
-    /// a file does better.
+    /// Sends `length` bytes of the spool at `offset` as the next part, read
+    /// from the open spool (the file that was checked, never reopened by
+    /// name) into memory: one part at a time, and a retry resends the same
+    /// bytes.
     async fn send_from(&mut self, spool: &Spooled, offset: u64, length: u64) -> Result<()> {
         let part = read_part(&spool.file, offset, length).await?;
         self.send(part).await
@@ -44,12 +45,10 @@ pub trait PartSinks: Send + Sync {
     async fn start(&self) -> Result<Box<dyn PartSink>>;
 }
 
-/// The spool file being sent: open, and by path for clients that stream
-/// from a path.
+/// The spool file being sent, as the descriptor that was checked.
 #[derive(Clone)]
 pub struct Spooled {
     pub file: Arc<File>,
-    pub path: std::path::PathBuf,
 }
 
 /// Sends `spool[offset..size]` in parts of `part_size` through `sink`,
@@ -350,10 +349,7 @@ mod tests {
         let mut writer = File::create(&path).unwrap();
         let file = Arc::new(File::open(&path).unwrap());
         let log = Arc::new(Mutex::new(Log::default()));
-        let spooled = Spooled {
-            file: file.clone(),
-            path: path.clone(),
-        };
+        let spooled = Spooled { file: file.clone() };
         let streamer = PartStreamer::start(Arc::new(Sinks(log.clone())), spooled.clone(), 4);
         writer.write_all(b"abcdefghij").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

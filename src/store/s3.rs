@@ -14,8 +14,8 @@
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
-use super::part_streamer::{PartSink, PartSinks, PartTarget, Spooled, StreamingCommit};
-use super::spool::{SpoolFile, SpooledUpload};
+use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
+use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
@@ -47,7 +47,7 @@ pub struct S3Store {
     client: Client,
     prefix: String,
     part_size: u64,
-    spool_dir: PathBuf,
+    spool_dir: Arc<TrustedDir>,
 }
 
 fn text(secret: &Secret) -> String {
@@ -121,14 +121,13 @@ impl S3Store {
                     aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
                 );
         }
-        std::fs::create_dir_all(&settings.spool_dir)
-            .map_err(|e| Error::from_io(settings.spool_dir.display(), &e))?;
-        SpoolFile::clean(&settings.spool_dir)?;
+        let spool_dir = TrustedDir::open(&settings.spool_dir, "spool directory")?;
+        SpoolFile::clean(&spool_dir)?;
         Ok(S3Store {
             client: Client::from_conf(config.build()),
             prefix: settings.prefix,
             part_size: settings.part_size,
-            spool_dir: settings.spool_dir,
+            spool_dir: Arc::new(spool_dir),
         })
     }
 
@@ -460,18 +459,6 @@ impl S3PartSink {
 impl PartSink for S3PartSink {
     async fn send(&mut self, part: bytes::Bytes) -> Result<()> {
         self.send_body(ByteStream::from(part)).await
-    }
-
-    /// Streams the part from the spool file: no copy in memory.
-    async fn send_from(&mut self, spool: &Spooled, offset: u64, length: u64) -> Result<()> {
-        let body = ByteStream::read_from()
-            .path(&spool.path)
-            .offset(offset)
-            .length(aws_sdk_s3::primitives::Length::Exact(length))
-            .build()
-            .await
-            .map_err(|e| Error::provider(format!("reading the upload spool: {e}")))?;
-        self.send_body(body).await
     }
 
     async fn complete(&mut self) -> Result<()> {

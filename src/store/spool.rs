@@ -4,8 +4,11 @@
 
 use super::blocking;
 use crate::error::{Error, Result};
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use crate::trust;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,46 +16,107 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Names of spool files; a store removes leftovers of a crash at start.
 pub const SPOOL_PREFIX: &str = ".credfs-upload-";
 
+/// A directory opened through `trust`: spool files are made, renamed and
+/// removed by name relative to this descriptor, never through a path that
+/// could since lead somewhere else.
+pub struct TrustedDir {
+    fd: OwnedFd,
+    /// For messages only.
+    shown: PathBuf,
+}
+
+impl TrustedDir {
+    /// Opens (making it, mode 0700, when missing) a directory that is
+    /// `what` in messages: "spool directory", "store root".
+    pub fn open(path: &Path, what: &str) -> Result<TrustedDir> {
+        let fd = trust::open_dir(path).map_err(|d| untrusted(&d, what, path))?;
+        Ok(TrustedDir {
+            fd,
+            shown: path.to_path_buf(),
+        })
+    }
+
+    /// The directory `name` in this one, with the same checks.
+    pub fn subdir(&self, name: &str, what: &str) -> Result<TrustedDir> {
+        let shown = self.shown.join(name);
+        let fd = trust::open_subdir(&self.fd, &self.shown, name)
+            .map_err(|d| untrusted(&d, what, &shown))?;
+        Ok(TrustedDir { fd, shown })
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    pub fn shown(&self, name: &str) -> String {
+        self.shown.join(name).display().to_string()
+    }
+
+    /// Names of the entries, `.` and `..` left out.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let io = |e: rustix::io::Errno| Error::from_io(self.shown.display(), &e.into());
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.fd).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name != "." && name != ".." {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    pub fn unlink(&self, name: &str) -> Result<()> {
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())
+            .map_err(|e| Error::from_io(self.shown(name), &e.into()))
+    }
+}
+
+fn untrusted(distrust: &trust::Distrust, what: &str, path: &Path) -> Error {
+    let message = distrust.describe(what, path);
+    match distrust.io_error() {
+        Some(e) => Error::new(Error::from_io(what, e).kind(), message),
+        None => Error::denied(message),
+    }
+}
+
 pub struct SpoolFile {
     file: Arc<File>,
+    dir: Arc<TrustedDir>,
     /// `None` once handed over (renamed into place) or removed.
-    path: Option<PathBuf>,
+    name: Option<String>,
 }
 
 impl SpoolFile {
-    pub async fn create(dir: &Path) -> Result<SpoolFile> {
+    pub async fn create(dir: &Arc<TrustedDir>) -> Result<SpoolFile> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = dir.join(format!(
+        let name = format!(
             "{SPOOL_PREFIX}{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        let dir = dir.clone();
         blocking(move || {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| Error::from_io(path.display(), &e))?;
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(dir.fd(), name.as_str(), flags, Mode::from_raw_mode(0o600))
+                .map_err(|e| Error::from_io(dir.shown(&name), &e.into()))?;
             Ok(SpoolFile {
-                file: Arc::new(file),
-                path: Some(path),
+                file: Arc::new(File::from(fd)),
+                dir,
+                name: Some(name),
             })
         })
         .await
     }
 
     /// Removes what a crashed daemon left in `dir`.
-    pub fn clean(dir: &Path) -> Result<()> {
-        let entries = fs::read_dir(dir).map_err(|e| Error::from_io(dir.display(), &e))?;
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(SPOOL_PREFIX)
-            {
-                let _ = fs::remove_file(entry.path());
+    pub fn clean(dir: &TrustedDir) -> Result<()> {
+        for name in dir.names()? {
+            if name.starts_with(SPOOL_PREFIX) {
+                let _ = dir.unlink(&name);
             }
         }
         Ok(())
@@ -62,11 +126,10 @@ impl SpoolFile {
         self.file.clone()
     }
 
-    /// The file, open and by path, for sending it.
+    /// The open file, for sending it: the bytes that were checked.
     pub fn spooled(&self) -> super::part_streamer::Spooled {
         super::part_streamer::Spooled {
             file: self.file.clone(),
-            path: self.path.clone().unwrap_or_default(),
         }
     }
 
@@ -98,29 +161,38 @@ impl SpoolFile {
         .await
     }
 
-    /// Renames the file to `target` (same filesystem), after an fsync of
-    /// it and of its directory when `sync`. Consumes the spool.
-    pub async fn rename_into(mut self, target: PathBuf, sync: bool) -> Result<fs::Metadata> {
-        let path = self
-            .path
+    /// Renames the file to `name` in `target` (same filesystem), after an
+    /// fsync of it and of the directory when `sync`. Consumes the spool.
+    /// Both directories are descriptors: the rename moves the file that was
+    /// checked, wherever a path to it might lead by now.
+    pub async fn rename_into(
+        mut self,
+        target: Arc<TrustedDir>,
+        name: String,
+        sync: bool,
+    ) -> Result<std::fs::Metadata> {
+        let spool_name = self
+            .name
             .take()
             .ok_or_else(|| Error::provider("upload already committed"))?;
         let file = self.file.clone();
+        let dir = self.dir.clone();
         blocking(move || {
             let result = (|| {
                 if sync {
                     file.sync_all().map_err(|e| Error::from_io("fsync", &e))?;
                 }
-                fs::rename(&path, &target).map_err(|e| Error::from_io(target.display(), &e))?;
-                if sync && let Some(dir) = target.parent() {
-                    File::open(dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| Error::from_io(dir.display(), &e))?;
+                rustix::fs::renameat(dir.fd(), spool_name.as_str(), target.fd(), name.as_str())
+                    .map_err(|e| Error::from_io(target.shown(&name), &e.into()))?;
+                if sync {
+                    rustix::fs::fsync(target.fd())
+                        .map_err(|e| Error::from_io(target.shown(""), &e.into()))?;
                 }
-                fs::metadata(&target).map_err(|e| Error::from_io(target.display(), &e))
+                file.metadata()
+                    .map_err(|e| Error::from_io(target.shown(&name), &e))
             })();
             if result.is_err() {
-                let _ = fs::remove_file(&path);
+                let _ = dir.unlink(&spool_name);
             }
             result
         })
@@ -128,9 +200,10 @@ impl SpoolFile {
     }
 
     pub async fn remove(mut self) {
-        if let Some(path) = self.path.take() {
+        if let Some(name) = self.name.take() {
+            let dir = self.dir.clone();
             let _ = blocking(move || {
-                let _ = fs::remove_file(&path);
+                let _ = dir.unlink(&name);
                 Ok(())
             })
             .await;
@@ -140,8 +213,8 @@ impl SpoolFile {
 
 impl Drop for SpoolFile {
     fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            let _ = fs::remove_file(path);
+        if let Some(name) = self.name.take() {
+            let _ = self.dir.unlink(&name);
         }
     }
 }
