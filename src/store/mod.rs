@@ -48,11 +48,6 @@ pub trait ObjectReader: Send + Sync {
 #[async_trait]
 pub trait Upload: Send + Sync {
     fn size(&self) -> u64;
-    /// A local file holding the upload, which the kernel may write to
-    /// directly (FUSE passthrough) instead of sending every write to us.
-    fn backing_file(&self) -> Option<Arc<std::fs::File>> {
-        None
-    }
     async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()>;
     async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>>;
     async fn set_len(&mut self, len: u64) -> Result<()>;

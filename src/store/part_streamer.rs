@@ -1,6 +1,5 @@
 //! Sending an archive's full parts while it is still being written. The
-//! archive is written to a spool file (by the kernel, through passthrough,
-//! so we see no writes): a task watches the file grow and sends each full
+//! archive is written to a spool file: a task watches the file grow and sends each full
 //! part as one part of a multipart upload, one part in memory at a time.
 //! At commit, every sent part is checked against the spool (a CRC-32 each:
 //! a writer may seek back and rewrite), the rest is sent and the upload

@@ -1,6 +1,6 @@
 //! A local file holding an upload until it commits: written at any offset,
-//! readable (for the archive check), and handed to the kernel for FUSE
-//! passthrough. Removed when dropped unless kept by a commit.
+//! readable (for the archive check). Removed when dropped unless kept by a
+//! commit.
 
 use super::blocking;
 use crate::error::{Error, Result};
@@ -120,10 +120,6 @@ impl SpoolFile {
             }
         }
         Ok(())
-    }
-
-    pub fn file(&self) -> Arc<File> {
-        self.file.clone()
     }
 
     /// The open file, for sending it: the bytes that were checked.
@@ -268,10 +264,6 @@ impl<C: Committer> SpooledUpload<C> {
 impl<C: Committer> super::Upload for SpooledUpload<C> {
     fn size(&self) -> u64 {
         self.spool.as_ref().map_or(0, SpoolFile::size)
-    }
-
-    fn backing_file(&self) -> Option<Arc<File>> {
-        self.spool.as_ref().map(SpoolFile::file)
     }
 
     async fn write_at(&mut self, offset: u64, data: Vec<u8>) -> Result<()> {
