@@ -67,6 +67,22 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// Where the number of an attribute reply comes from.
+enum Numbering {
+    /// A lookup: the kernel will hold the number until it forgets it.
+    Lookup,
+    /// The kernel asked by number (getattr).
+    Known(u64),
+}
+
+/// What an attribute reply tells the page-cache bookkeeping.
+enum Content {
+    None,
+    Value(u64),
+    Archive(u64),
+    Failed,
+}
+
 /// What a read returns. A value is answered from the secret itself, so no
 /// unwiped copy of it outlives the reply.
 pub enum ReadData {
@@ -139,11 +155,11 @@ impl CredFs {
     /// A registry's files and docker/config.json change with its
     /// credential: the kernel drops its copies the moment it changes.
     fn watch_credentials(&self, ns: &Namespace) {
-        let config_ino = self.inodes.ino(&Node::DockerConfig);
+        let config_ino = self.inodes.pin(&Node::DockerConfig);
         for (name, cached) in &ns.registries {
             let inodes: Vec<u64> = RegistryFile::ALL
                 .into_iter()
-                .map(|f| self.inodes.ino(&Node::RegistryFile(name.clone(), f)))
+                .map(|f| self.inodes.pin(&Node::RegistryFile(name.clone(), f)))
                 .chain([config_ino])
                 .collect();
             let published = self.published.clone();
@@ -183,8 +199,8 @@ impl CredFs {
             .iter()
             .filter(|(_, node)| !self.exists(&new, node))
             .filter_map(|(_, node)| {
-                let parent = node.parent()?;
-                Some((self.inodes.ino(&parent), node.name()))
+                let parent = self.inodes.peek(&node.parent()?)?;
+                Some((parent, node.name()))
             })
             .collect();
         self.published.invalidate_entries(gone);
@@ -323,6 +339,7 @@ impl CredFs {
                     ns,
                     &self.uploads,
                     &self.audit,
+                    self.held_inodes(),
                     last_error.as_ref(),
                 ))
             }
@@ -353,42 +370,62 @@ impl CredFs {
         }
     }
 
-    async fn attr_of(&self, ns: &Namespace, node: &Node, caller: Caller) -> Result<Attr> {
+    /// The attributes of `node`. Everything that can fail comes before a
+    /// number is handed out: a failed lookup holds nothing.
+    async fn attr_of(
+        &self,
+        ns: &Namespace,
+        node: &Node,
+        caller: Caller,
+        numbering: Numbering,
+    ) -> Result<Attr> {
         if !self.exists(ns, node) {
             return Err(Error::not_found(node.path()));
         }
-        let ino = self.inodes.ino(node);
         let ownership = self.ownership(ns, node);
-        if node.is_dir() {
-            return Ok(Attr {
-                ino,
-                kind: Kind::Dir,
-                size: 0,
-                mtime: ns.loaded_at,
-                ownership,
-                per_caller: false,
-            });
-        }
-        let (size, mtime) = match node {
-            Node::Archive(bucket, name) => self.archive_size(ns, bucket, name).await?,
+        let (kind, size, mtime, content) = match node {
+            node if node.is_dir() => (Kind::Dir, 0, ns.loaded_at, Content::None),
+            Node::Archive(bucket, name) => {
+                let (size, mtime) = self.archive_size(ns, bucket, name).await?;
+                let archive = fingerprint((size, mtime));
+                (Kind::File, size, mtime, Content::Archive(archive))
+            }
+            // Not a fingerprint: what one caller sees says nothing of what
+            // the kernel cached for another.
             Node::DockerConfig => match self.value(ns, node, caller).await {
-                // Not a fingerprint: what one caller sees says nothing of
-                // what the kernel cached for another.
-                Ok(value) => (value.len() as u64, ns.loaded_at),
-                Err(_) => (0, ns.loaded_at),
+                Ok(value) => (Kind::File, value.len() as u64, ns.loaded_at, Content::None),
+                Err(_) => (Kind::File, 0, ns.loaded_at, Content::None),
             },
             _ => match self.value(ns, node, caller).await {
                 Ok(value) => {
-                    let seen = self.published.observe(ino, fingerprint(value.expose()));
-                    (value.len() as u64, seen.changed_at)
+                    let content = Content::Value(fingerprint(value.expose()));
+                    (Kind::File, value.len() as u64, ns.loaded_at, content)
                 }
                 // The entry exists; opening it reports the failure.
-                Err(_) => (0, ns.loaded_at),
+                Err(_) => (Kind::File, 0, ns.loaded_at, Content::Failed),
             },
+        };
+        let ino = match numbering {
+            Numbering::Lookup => self.inodes.lookup(node),
+            Numbering::Known(ino) => ino,
+        };
+        let mtime = match content {
+            Content::Value(content) => self.published.observe(ino, content).changed_at,
+            Content::Archive(content) => {
+                self.published.observe(ino, content);
+                mtime
+            }
+            // Size 0 stands for "unknown": the kernel must not trust it, or
+            // an open right after would read 0 bytes from its cache.
+            Content::Failed => {
+                self.published.forget(ino);
+                mtime
+            }
+            Content::None => mtime,
         };
         Ok(Attr {
             ino,
-            kind: Kind::File,
+            kind,
             size,
             mtime,
             ownership,
@@ -409,7 +446,7 @@ impl CredFs {
             return Err(denied);
         }
         let child = self.child(&ns, &parent, name)?;
-        self.attr_of(&ns, &child, caller).await
+        self.attr_of(&ns, &child, caller, Numbering::Lookup).await
     }
 
     /// What `access(2)` answers: `mask` holds R_OK, W_OK and X_OK bits.
@@ -435,7 +472,8 @@ impl CredFs {
                 per_caller: false,
             });
         }
-        self.attr_of(&ns, &node, caller).await
+        self.attr_of(&ns, &node, caller, Numbering::Known(ino))
+            .await
     }
 
     /// chmod, chown and utime change nothing (owners and modes come from the
@@ -531,7 +569,11 @@ impl CredFs {
             } else {
                 Kind::File
             };
-            entries.push(DirEntry::new(self.inodes.ino(&child), kind, child.name()));
+            entries.push(DirEntry::new(
+                self.inodes.listed(&child),
+                kind,
+                child.name(),
+            ));
         }
         Ok(self.handles.insert(Handle::Dir(entries)))
     }
@@ -678,7 +720,25 @@ impl CredFs {
     pub async fn release(&self, fh: u64) {
         self.published.release(fh);
         if let Some(handle) = self.handles.remove(fh) {
+            if let Handle::Dir(entries) = handle.as_ref() {
+                let gone = self.inodes.unlisted(entries.iter().skip(2).map(|e| e.ino));
+                gone.into_iter()
+                    .for_each(|ino| self.published.drop_inode(ino));
+            }
             self.release_handle(handle).await;
         }
+    }
+
+    /// The kernel dropped `count` lookups of `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        if self.inodes.forget(ino, count) {
+            self.published.drop_inode(ino);
+        }
+    }
+
+    /// Inode numbers held and inodes tracked for the page cache: what a
+    /// long-running daemon must keep bounded.
+    pub fn held_inodes(&self) -> (usize, usize) {
+        (self.inodes.len(), self.published.len())
     }
 }

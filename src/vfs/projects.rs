@@ -58,9 +58,6 @@ impl CredFs {
     ) -> Result<(u64, SystemTime)> {
         let store = &self.bucket(ns, bucket)?.store;
         if let Some(info) = store.stat(bucket, name).await? {
-            let ino = self.inodes.ino(&Node::Archive(bucket.into(), name.into()));
-            self.published
-                .observe(ino, fingerprint((info.size, info.modified)));
             return Ok((info.size, info.modified));
         }
         match self.uploads.get(bucket, name) {
@@ -175,7 +172,7 @@ impl CredFs {
             .open(&bucket, entry, name, true, None, caller.process())
             .await?;
         let attr = Attr {
-            ino: self.inodes.ino(&node),
+            ino: self.inodes.lookup(&node),
             kind: Kind::File,
             size: 0,
             mtime: handle.modified(),
@@ -255,8 +252,10 @@ impl CredFs {
 
     /// The kernel's copy of an archive is out of date.
     fn forget_archive(&self, bucket: &str, name: &str) {
-        let ino = self.inodes.ino(&Node::Archive(bucket.into(), name.into()));
-        self.published.forget(ino);
+        // A number nobody holds has no copy in the kernel to drop.
+        if let Some(ino) = self.inodes.peek(&Node::Archive(bucket.into(), name.into())) {
+            self.published.forget(ino);
+        }
     }
 
     pub async fn unlink(&self, parent: u64, name: &str, caller: Caller) -> Result<()> {
@@ -366,11 +365,13 @@ impl CredFs {
             Node::Archive(bucket.clone(), name.into()),
             Node::Archive(bucket.clone(), new_name.into()),
         );
-        let moved = self.inodes.ino(&from);
+        let moved = self.inodes.peek(&from);
         if let Some(replaced) = self.inodes.rename(&from, &to) {
             self.published.forget(replaced);
         }
-        self.published.forget(moved);
+        if let Some(moved) = moved {
+            self.published.forget(moved);
+        }
         Ok(())
     }
 
