@@ -82,3 +82,72 @@ fn failed_lookups_and_deleted_archives_leave_nothing_held() {
         b"bounded-secret-6f7a"
     );
 }
+
+#[test]
+fn each_uid_may_hold_only_max_pending_uploads_at_once() {
+    require_program("setpriv");
+    let daemon = Daemon::start(
+        r#"
+[mount]
+allow_other = true
+dir_mode = "0555"
+max_pending_uploads = 3
+[stores.disk]
+provider = "filesystem"
+root = "@DIR@/store"
+buckets = ["b"]
+uid = 1000
+"#,
+    );
+    let staging = |name: &str| daemon.path(&format!("projects/b/{name}"));
+    for i in 0..3 {
+        fs::write(staging(&format!("s{i}")), b"staged").expect("within the limit");
+    }
+    let refused = fs::write(staging("s3"), b"staged").expect_err("a fourth");
+    assert_eq!(refused.raw_os_error(), Some(libc::EDQUOT));
+    let zip = make_zip(daemon.dir.path(), "a.zip", 100);
+    let out = cp(&zip, &staging("a.zip"));
+    assert!(
+        stderr(&out).contains("Disk quota exceeded"),
+        "{}",
+        stderr(&out)
+    );
+    // Another uid has a limit of its own.
+    let other = run(
+        "setpriv",
+        &[
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            "cp",
+            &zip.to_string_lossy(),
+            &staging("b.zip").to_string_lossy(),
+        ],
+    );
+    assert!(other.status.success(), "{}", stderr(&other));
+    // Removing a staging file frees its place.
+    fs::remove_file(staging("s0")).expect("rm");
+    assert!(cp(&zip, &staging("a.zip")).status.success());
+    let log = daemon.log();
+    assert!(
+        log.contains("max_pending_uploads") && log.contains("uid=0"),
+        "the log says who and why:\n{log}"
+    );
+}
+
+#[test]
+fn a_bad_pending_limit_is_refused_with_its_place() {
+    let daemon = Daemon::prepare("[mount]\nmax_pending_uploads = 0\n");
+    let out = run(
+        BIN,
+        &["check", "--config", &daemon.config.to_string_lossy()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("config.toml:2:23: max_pending_uploads must be a positive number"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -40,6 +40,8 @@ pub struct MountConfig {
     pub gid: u32,
     pub file_mode: u32,
     pub dir_mode: u32,
+    /// Uploads and staging files one uid may have pending at once.
+    pub max_pending_uploads: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -16,6 +16,7 @@ const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// (`StateDirectory=` sets `$STATE_DIRECTORY`): root's, never `/var/tmp`.
 const DEFAULT_STATE_DIR: &str = "/var/lib/credfs";
 const MIN_PART_SIZE: u64 = 5 << 20;
+const DEFAULT_MAX_PENDING_UPLOADS: usize = 64;
 const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HELPER_TTL: Duration = Duration::from_secs(3600);
 
@@ -182,6 +183,20 @@ impl Checker<'_> {
         self.check(&name.span(), result);
     }
 
+    fn pending_limit(&mut self, value: Option<&Spanned<i64>>) -> Option<usize> {
+        let value = value?;
+        match usize::try_from(*value.get_ref()) {
+            Ok(limit) if limit > 0 => Some(limit),
+            _ => {
+                self.error(
+                    &value.span(),
+                    "max_pending_uploads must be a positive number",
+                );
+                None
+            }
+        }
+    }
+
     fn config(&mut self, raw: RawConfig) -> Config {
         let mount = MountConfig {
             path: raw.mount.path.map(|p| PathBuf::from(p.into_inner())),
@@ -190,6 +205,9 @@ impl Checker<'_> {
             gid: raw.mount.gid.unwrap_or(0),
             file_mode: self.mode(&raw.mount.file_mode).unwrap_or(0o400),
             dir_mode: self.mode(&raw.mount.dir_mode).unwrap_or(0o500),
+            max_pending_uploads: self
+                .pending_limit(raw.mount.max_pending_uploads.as_ref())
+                .unwrap_or(DEFAULT_MAX_PENDING_UPLOADS),
         };
         let audit = raw.audit.map(|a| AuditConfig {
             path: PathBuf::from(a.path.into_inner()),

@@ -148,8 +148,14 @@ impl CredFs {
             last_error: std::sync::Mutex::new(None),
             audit: AuditLog::default(),
         };
+        fs.apply_limits(&fs.namespace());
         fs.watch_credentials(&fs.namespace());
         fs
+    }
+
+    fn apply_limits(&self, ns: &Namespace) {
+        self.uploads
+            .set_limit_per_user(ns.config.mount.max_pending_uploads);
     }
 
     /// A registry's files and docker/config.json change with its
@@ -188,6 +194,7 @@ impl CredFs {
         }
         let old = self.namespace();
         let new = Arc::new(Namespace::build(config, Some(&old)).await);
+        self.apply_limits(&new);
         self.watch_credentials(&new);
         self.clear_error();
         match self.namespace.write() {

@@ -61,6 +61,13 @@ impl Caller {
     pub fn process(&self) -> u32 {
         read_status(self.pid).thread_group.unwrap_or(self.pid)
     }
+
+    pub fn writer(&self) -> crate::upload::Writer {
+        crate::upload::Writer {
+            process: self.process(),
+            uid: self.uid,
+        }
+    }
 }
 
 #[cfg(test)]

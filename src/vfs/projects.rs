@@ -108,7 +108,7 @@ impl CredFs {
                     name,
                     flags.truncate,
                     original,
-                    caller.process(),
+                    caller.writer(),
                 )
                 .await?;
             return Ok(self.opened_for_writing(handle));
@@ -169,7 +169,7 @@ impl CredFs {
         let ownership = self.ownership(&ns, &node);
         let handle = self
             .uploads
-            .open(&bucket, entry, name, true, None, caller.process())
+            .open(&bucket, entry, name, true, None, caller.writer())
             .await?;
         let attr = Attr {
             ino: self.inodes.lookup(&node),
