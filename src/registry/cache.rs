@@ -13,6 +13,7 @@ use crate::status::{EntryStatus, Retry};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use std::hash::{BuildHasher, RandomState};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
@@ -279,7 +280,13 @@ impl CachedRegistry {
     }
 
     async fn call_provider(self: Arc<Self>, forced: bool) -> Outcome {
-        let fetched = self.provider.fetch(forced).await.and_then(|credential| {
+        // A panicking provider is a failed call like any other: the call
+        // must end in `store` or `failed`, which let the next one start.
+        let called = AssertUnwindSafe(self.provider.fetch(forced))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(Error::provider("the provider panicked")));
+        let fetched = called.and_then(|credential| {
             if valid(&credential) {
                 Ok(credential)
             } else {
@@ -646,12 +653,9 @@ mod tests {
         let provider = faulty(Duration::from_millis(600), Duration::ZERO);
         let cache = cache_of(&provider);
         assert_eq!(cache.get().await.unwrap().password.expose(), b"p1");
-        wait_until("a background refresh", || provider.calls() >= 2).await;
-        assert_eq!(
-            cache.get().await.unwrap().password.expose(),
-            b"p2",
-            "a reader never waited"
-        );
+        let refreshed = || cache.cached().is_some_and(|c| c.password.expose() == b"p2");
+        wait_until("a background refresh", refreshed).await;
+        assert_eq!(provider.calls(), 2, "refreshed before any reader needed it");
         provider.fail(true);
         let err = cache.refresh().await.unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
@@ -678,6 +682,26 @@ mod tests {
         assert!(error.message().contains("already expired"), "{error}");
         assert!(cache.resting());
         assert!(cache.cached().is_none());
+    }
+
+    struct Panicking;
+
+    #[async_trait]
+    impl RegistryProvider for Panicking {
+        async fn fetch(&self, _refresh: bool) -> Result<Credential> {
+            panic!("a provider bug");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_provider_is_a_failure_that_rests() {
+        let cache = Arc::new(CachedRegistry::new(Arc::new(Panicking)));
+        let error = cache.get().await.unwrap_err();
+        assert_eq!(error.errno(), libc::EIO);
+        assert!(error.message().contains("panicked"), "{error}");
+        assert!(cache.resting(), "the failure was recorded");
+        assert!(cache.refresh().await.is_err(), "and a new call can start");
+        assert_eq!(retry_of(&cache).failures, 2);
     }
 
     #[test]
