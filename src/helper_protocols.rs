@@ -27,12 +27,12 @@ pub fn mountpoint(given: Option<PathBuf>) -> PathBuf {
 const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Reads every path at once, each on its own thread, and returns what was
-/// read by `DEADLINE`, in the order given (`None`: unreadable or too slow).
+/// read `within` (`DEADLINE`), in the order given (`None`: unreadable or too slow).
 /// A read past the deadline is abandoned: a slow provider behind one file
 /// must not hold up the answer from the others. Its thread ends with the
 /// process.
-fn read_all(paths: &[PathBuf]) -> Vec<Option<Zeroizing<Vec<u8>>>> {
-    let deadline = Instant::now() + DEADLINE;
+fn read_all(paths: &[PathBuf], within: Duration) -> Vec<Option<Zeroizing<Vec<u8>>>> {
+    let deadline = Instant::now() + within;
     let (sender, receiver) = mpsc::channel();
     for (index, path) in paths.iter().enumerate() {
         let (reader_sender, reader_path) = (sender.clone(), path.clone());
@@ -72,7 +72,7 @@ fn registries(mount: &Path) -> Result<Vec<(String, String)>, String> {
         .collect();
     let mut found: Vec<(String, String)> = names
         .into_iter()
-        .zip(read_all(&paths))
+        .zip(read_all(&paths, DEADLINE))
         .filter_map(|(name, read)| Some((name, String::from_utf8(read?.to_vec()).ok()?)))
         .collect();
     found.sort();
@@ -174,7 +174,7 @@ pub fn docker(action: &str, mount: &Path) -> ExitCode {
                     .collect();
                 let listing: serde_json::Map<String, serde_json::Value> = found
                     .iter()
-                    .zip(read_all(&paths))
+                    .zip(read_all(&paths, DEADLINE))
                     .zip(&paths)
                     .filter_map(|(((_, registry), read), path)| {
                         let (user, _) = parse_auth(path, &read?).ok()?;
@@ -215,4 +215,68 @@ pub fn dispatch_by_name(args: &[String]) -> Option<ExitCode> {
         });
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO stands for a file whose provider hangs: opening it blocks
+    /// until a writer comes.
+    fn fifo(path: &Path) {
+        let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn reads_at_once_and_leaves_out_what_misses_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = ["a", "slow1", "hung", "slow2", "missing"]
+            .iter()
+            .map(|name| dir.path().join(name))
+            .collect();
+        std::fs::write(&paths[0], "ready").unwrap();
+        for path in &paths[1..4] {
+            fifo(path);
+        }
+        // Each slow file answers after 300 ms; asked in turn they would take 600.
+        let writers: Vec<_> = [&paths[1], &paths[3]]
+            .into_iter()
+            .map(|path| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    std::fs::write(path, "late").unwrap();
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        let read = read_all(&paths, Duration::from_millis(500));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(500),
+            "waited for the hung one: {took:?}"
+        );
+        assert!(took < Duration::from_secs(2), "and returned then: {took:?}");
+        let texts: Vec<Option<&[u8]>> = read
+            .iter()
+            .map(|r| r.as_deref().map(Vec::as_slice))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                Some(&b"ready"[..]),
+                Some(b"late"),
+                None,
+                Some(b"late"),
+                None
+            ]
+        );
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        // Lets the abandoned reader finish.
+        std::fs::write(&paths[2], "").unwrap();
+    }
 }
