@@ -310,8 +310,10 @@ impl CredFs {
                 {
                     return Ok(Secret::from(host.to_string()));
                 }
+                // The cache logs each failed provider call once; a read
+                // refused while the provider rests would only repeat it.
                 let credential = cached.get().await.map_err(|e| {
-                    warn!(path = %node.path(), error = %e, "credential unavailable");
+                    debug!(path = %node.path(), error = %e, "credential unavailable");
                     e
                 })?;
                 Ok(registry::render(*file, &credential))
