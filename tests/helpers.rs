@@ -378,6 +378,11 @@ fn a_failing_helper_runs_once_for_concurrent_readers_and_ls_then_rests() {
         );
     });
     assert_eq!(runs(), 1, "ten readers and ls -l share one helper run");
+    eprintln!(
+        "ten cats and ls -l on a hanging helper: {} run in {:?}",
+        runs(),
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "one timeout, not one per reader: {:?}",
