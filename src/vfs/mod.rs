@@ -21,13 +21,14 @@ use crate::registry::{self, RegistryFile};
 use crate::secret::Secret;
 use crate::upload::Uploads;
 use access::Credentials;
+use futures::future::join_all;
 use handles::Handles;
 use inode::{Inodes, Node};
 use namespace::{Namespace, Ownership};
 use published::{Published, fingerprint};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long the kernel may trust names and attributes without asking; kept
 /// short because other hosts can change a store, and values that change
@@ -135,6 +136,23 @@ pub struct CredFs {
 
 fn refused(node: &Node) -> Error {
     Error::denied(format!("{} is read-only", node.path()))
+}
+
+/// The registry a config entry names, when it names one (ECR may leave it
+/// to the provider's answer).
+fn configured_registry<'a>(ns: &'a Namespace, name: &str) -> Option<&'a str> {
+    ns.config.registries.get(name)?.provider.registry()
+}
+
+/// The file's content is in the config: no provider call is needed.
+fn from_config(ns: &Namespace, name: &str, file: RegistryFile) -> bool {
+    file == RegistryFile::Registry && configured_registry(ns, name).is_some()
+}
+
+/// The registry's provider is resting after a failure, with nothing valid
+/// cached.
+fn resting(ns: &Namespace, name: &str) -> bool {
+    ns.registries.get(name).is_some_and(|r| r.resting())
 }
 
 impl CredFs {
@@ -307,8 +325,18 @@ impl CredFs {
                     .registries
                     .get(name)
                     .ok_or_else(|| Error::not_found(node.path()))?;
+                // The config already says which registry this is: finding a
+                // registry (`credfs get`, Docker's helper protocol) needs no
+                // provider call, and a broken provider cannot hide it.
+                if from_config(ns, name, *file)
+                    && let Some(host) = configured_registry(ns, name)
+                {
+                    return Ok(Secret::from(host.to_string()));
+                }
+                // The cache logs each failed provider call once; a read
+                // refused while the provider rests would only repeat it.
                 let credential = cached.get().await.map_err(|e| {
-                    warn!(path = %node.path(), error = %e, "credential unavailable");
+                    debug!(path = %node.path(), error = %e, "credential unavailable");
                     e
                 })?;
                 Ok(registry::render(*file, &credential))
@@ -317,19 +345,28 @@ impl CredFs {
                 // Only what the caller could read on its own, registry by
                 // registry: the aggregate must not widen anyone's access.
                 let mut credentials = Credentials::of(caller);
-                let mut readable = Vec::new();
-                for (name, cached) in &ns.registries {
-                    let password = Node::RegistryFile(name.clone(), RegistryFile::Password);
-                    if self
-                        .check_access_as(ns, &password, &mut credentials, access::READ)
-                        .is_ok()
-                        && let Ok(credential) = cached.get().await
-                    {
-                        readable.push(credential);
+                let readable: Vec<_> = ns
+                    .registries
+                    .iter()
+                    .filter(|(name, _)| {
+                        let password = Node::RegistryFile((*name).clone(), RegistryFile::Password);
+                        self.check_access_as(ns, &password, &mut credentials, access::READ)
+                            .is_ok()
+                    })
+                    .collect();
+                // All at once, under one deadline: a slow or hanging
+                // provider is left out instead of holding up the others.
+                let fetched = join_all(readable.into_iter().map(|(name, cached)| async move {
+                    let outcome = cached.get_within(registry::AGGREGATE_WAIT).await;
+                    if let Err(e) = &outcome {
+                        debug!(registry = %name, error = %e, "left out of docker/config.json");
                     }
-                }
+                    outcome.ok()
+                }))
+                .await;
+                let available: Vec<_> = fetched.into_iter().flatten().collect();
                 Ok(registry::docker_config_json(
-                    readable.iter().map(|c| c.as_ref()),
+                    available.iter().map(|c| c.as_ref()),
                 ))
             }
             Node::RegistryRefresh(_) => Ok(Secret::empty()),
@@ -403,6 +440,13 @@ impl CredFs {
                 Ok(value) => (Kind::File, value.len() as u64, ns.loaded_at, Content::None),
                 Err(_) => (Kind::File, 0, ns.loaded_at, Content::None),
             },
+            // Nothing to measure without a provider call, which would only
+            // fail now: `ls -l` of a broken registry runs its provider once.
+            Node::RegistryFile(name, file)
+                if resting(ns, name) && !from_config(ns, name, *file) =>
+            {
+                (0, ns.loaded_at)
+            }
             _ => match self.value(ns, node, caller).await {
                 Ok(value) => {
                     let content = Content::Value(fingerprint(value.expose()));
