@@ -445,7 +445,7 @@ impl CredFs {
             Node::RegistryFile(name, file)
                 if resting(ns, name) && !from_config(ns, name, *file) =>
             {
-                (0, ns.loaded_at)
+                (Kind::File, 0, ns.loaded_at, Content::Failed)
             }
             _ => match self.value(ns, node, caller).await {
                 Ok(value) => {
