@@ -16,6 +16,22 @@ use zeroize::Zeroizing;
 
 const DEFAULT_MOUNTPOINT: &str = "/run/credfs";
 
+/// The command line as text. A non-UTF-8 argument is a usage error
+/// (exit 2), never a panic: no image, path or name here is anything else.
+pub fn utf8_args() -> Result<Vec<String>, ExitCode> {
+    std::env::args_os()
+        .map(|arg| {
+            arg.into_string().map_err(|arg| {
+                eprintln!(
+                    "credfs: arguments must be UTF-8 text, not {:?}",
+                    arg.to_string_lossy()
+                );
+                ExitCode::from(2)
+            })
+        })
+        .collect()
+}
+
 pub fn mountpoint(given: Option<PathBuf>) -> PathBuf {
     given
         .or_else(|| std::env::var_os("CREDFS_MOUNT").map(PathBuf::from))

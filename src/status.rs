@@ -79,9 +79,26 @@ impl EntryStatus {
 }
 
 pub fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+    humantime::format_rfc3339_seconds(formattable(at)).to_string()
 }
 
 pub fn timestamp_millis(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+    humantime::format_rfc3339_millis(formattable(at)).to_string()
+}
+
+/// 9999-12-31T23:59:59Z: RFC 3339 has four digits for the year, and
+/// formatting a later time fails (a panic in `to_string`).
+pub fn latest() -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799)
+}
+
+/// `at`, clamped to what a timestamp can show. An expiry that far away
+/// (`ttl = "8000y"`, a provider's bogus answer) is "never" in effect.
+pub fn formattable(at: SystemTime) -> SystemTime {
+    at.min(latest())
+}
+
+/// `now + life`, clamped rather than overflowing.
+pub fn after(now: SystemTime, life: std::time::Duration) -> SystemTime {
+    now.checked_add(life).map_or_else(latest, formattable)
 }

@@ -988,3 +988,31 @@ impl Drop for StopsOnDrop {
         unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
     }
 }
+
+#[test]
+fn an_expiry_beyond_year_9999_is_clamped_not_a_crash() {
+    let daemon = start(|dir| {
+        let helper = script(
+            dir,
+            "far",
+            &format!("echo '{{\"username\":\"u\",\"password\":\"{SECRET}\"}}'\n"),
+        );
+        helper_entry("far", &helper, "ttl = \"9000years\"")
+    });
+    assert_eq!(
+        cat(&daemon, "registries/far/token").stdout,
+        SECRET.as_bytes()
+    );
+    assert_eq!(
+        cat(&daemon, "registries/far/expires_at").stdout,
+        b"9999-12-31T23:59:59Z"
+    );
+    let auth = cat(&daemon, "registries/far/auth.json");
+    assert!(
+        String::from_utf8_lossy(&auth.stdout).contains("\"expires_at\":\"9999-12-31T23:59:59Z\""),
+        "{}",
+        stderr(&auth)
+    );
+    let status = cat(&daemon, "status.json");
+    assert!(status.status.success(), "status.json still renders");
+}

@@ -11,6 +11,9 @@ use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
 
+/// S3's largest part; parts are also read into memory and sent as one
+/// buffer, which must stay well inside a u32 length.
+const MAX_PART_SIZE: u64 = 5 << 30;
 const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// Where the daemon keeps its own files when systemd does not say
 /// (`StateDirectory=` sets `$STATE_DIRECTORY`): root's, never `/var/tmp`.
@@ -782,10 +785,12 @@ impl Checker<'_> {
                     None => Some(DEFAULT_PART_SIZE),
                     Some(v) => {
                         let size = parse_size(v.get_ref()).and_then(|s| {
-                            if s >= MIN_PART_SIZE {
-                                Ok(s)
-                            } else {
+                            if s < MIN_PART_SIZE {
                                 Err(format!("part_size `{}` is below the 5MiB minimum of S3 multipart uploads", v.get_ref()))
+                            } else if s > MAX_PART_SIZE {
+                                Err(format!("part_size `{}` is above the 5GiB maximum of S3 multipart uploads", v.get_ref()))
+                            } else {
+                                Ok(s)
                             }
                         });
                         self.check(&v.span(), size)

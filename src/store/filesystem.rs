@@ -179,7 +179,7 @@ impl ObjectReader for FileReader {
 
     async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
         let file = self.file.clone();
-        blocking(move || read_full_at(&file, offset, len)).await
+        blocking(move || read_full_at(&file, offset, u64::from(len))).await
     }
 }
 
