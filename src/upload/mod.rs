@@ -126,6 +126,20 @@ impl Uploads {
         (bucket.to_string(), name.to_string())
     }
 
+    /// With no upload in flight, the buffers of the last ones (parts of up
+    /// to part_size, 1 MiB writes) are given back to the system: glibc keeps
+    /// freed memory in its arenas otherwise, and a burst of uploads would
+    /// set the daemon's RSS for good.
+    fn return_memory_if_idle(&self) {
+        if self.files().is_empty() {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
     pub fn set_limit_per_user(&self, limit: usize) {
         self.per_user
             .store(limit, std::sync::atomic::Ordering::Relaxed);
@@ -323,6 +337,7 @@ impl Uploads {
         }
         self.remove_if_same(&handle.bucket, &handle.name, pending);
         handle.state().outcome = Some(outcome.clone());
+        self.return_memory_if_idle();
         outcome.map(Some)
     }
 
@@ -403,6 +418,7 @@ impl Uploads {
             pending.abort().await;
             names.push((bucket, name));
         }
+        self.return_memory_if_idle();
         names
     }
 }
