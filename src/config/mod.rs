@@ -7,13 +7,9 @@ mod validate;
 mod values;
 pub mod watch;
 
+pub use crate::names::check_name;
 pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse};
-pub use values::{check_name, parse_duration, parse_size};
-
-/// Whether `name` is acceptable as a registry, bucket, secret or archive name.
-pub fn check_name_ok(name: &str) -> bool {
-    check_name("", name).is_ok()
-}
+pub use values::{parse_duration, parse_size};
 
 use crate::secret::Secret;
 use std::collections::BTreeMap;

@@ -2,8 +2,9 @@
 //! `file:line:col` instead of stopping at the first.
 
 use super::raw::{Named, RawConfig, RawRegistry, RawSecret, RawStore};
-use super::values::{check_env_name, check_name, parse_duration, parse_mode, parse_size};
+use super::values::{check_env_name, parse_duration, parse_mode, parse_size};
 use super::*;
+use crate::names::check_name;
 use crate::trust;
 use std::fmt;
 use std::io::Read;

@@ -10,6 +10,7 @@
 use super::spool::{Committer, SpoolFile, SpooledUpload, TrustedDir, read_full_at};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload, blocking};
 use crate::error::{Error, Result};
+use crate::names::is_archive_name;
 use crate::trust;
 use async_trait::async_trait;
 use rustix::fs::{Mode, OFlags, Stat};
@@ -63,10 +64,6 @@ fn info_of(stat: &Stat) -> ObjectInfo {
         size: stat.st_size.max(0) as u64,
         modified,
     }
-}
-
-fn is_archive_name(name: &str) -> bool {
-    name.ends_with(".zip") && !name.starts_with('.')
 }
 
 /// The archive `name` in `dir`, when it is a regular file there (not a

@@ -20,9 +20,7 @@ use tracing::{info, warn};
 pub const STAGING_TTL: Duration = Duration::from_secs(600);
 const SEED_CHUNK: u32 = 1 << 20;
 
-pub fn is_archive_name(name: &str) -> bool {
-    name.len() > 4 && name.ends_with(".zip") && crate::config::check_name_ok(name)
-}
+pub use crate::names::is_archive_name;
 
 type Key = (String, String);
 

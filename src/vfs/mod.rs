@@ -6,7 +6,6 @@ mod access;
 mod handles;
 pub mod inode;
 pub mod namespace;
-mod proc;
 mod projects;
 pub use projects::RenameFlags;
 pub mod published;
@@ -16,6 +15,7 @@ pub use handles::{DirEntry, Handle};
 pub use published::KernelCache;
 
 use crate::audit::{AuditLog, Operation};
+pub use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::registry::{self, RegistryFile};
 use crate::secret::Secret;
@@ -58,14 +58,6 @@ impl Attr {
     pub fn ttl(&self) -> Duration {
         if self.per_caller { Duration::ZERO } else { TTL }
     }
-}
-
-/// Who made a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
 }
 
 /// Where the number of an attribute reply comes from.

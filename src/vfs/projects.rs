@@ -108,7 +108,7 @@ impl CredFs {
                     name,
                     flags.truncate,
                     original,
-                    caller.writer(),
+                    writer(caller),
                 )
                 .await?;
             return Ok(self.opened_for_writing(handle));
@@ -169,7 +169,7 @@ impl CredFs {
         let ownership = self.ownership(&ns, &node);
         let handle = self
             .uploads
-            .open(&bucket, entry, name, true, None, caller.writer())
+            .open(&bucket, entry, name, true, None, writer(caller))
             .await?;
         let attr = Attr {
             ino: self.inodes.lookup(&node),
@@ -385,4 +385,13 @@ fn invalid_archive_name(bucket: &str, name: &str) -> Error {
     Error::invalid(format!(
         "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
     ))
+}
+
+/// The upload's writer: the process whose close commits, and the uid whose
+/// pending-upload limit it counts against.
+fn writer(caller: Caller) -> crate::upload::Writer {
+    crate::upload::Writer {
+        process: caller.process(),
+        uid: caller.uid,
+    }
 }
