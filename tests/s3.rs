@@ -144,11 +144,7 @@ fn every_writer_uploads_checked_archives() {
     );
     assert!(String::from_utf8_lossy(&listing.stdout).contains("tree/a.txt"));
     let spool = setup.daemon.dir.path().join("spool");
-    assert_eq!(
-        fs::read_dir(&spool).unwrap().count(),
-        0,
-        "no spool file left"
-    );
+    assert_eq!(spool_files(&spool).len(), 0, "no spool file left");
 }
 
 #[test]
@@ -339,11 +335,7 @@ fn a_server_killed_during_an_upload_fails_close_and_leaves_nothing() {
         .collect();
     assert_eq!(leftovers.len(), 1, "no multipart leftovers: {leftovers:?}");
     let spool = setup.daemon.dir.path().join("spool");
-    assert_eq!(
-        fs::read_dir(&spool).unwrap().count(),
-        0,
-        "no spool file left"
-    );
+    assert_eq!(spool_files(&spool).len(), 0, "no spool file left");
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod validate;
 mod values;
 pub mod watch;
 
-pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse};
+pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse, state_dir};
 pub use values::{check_name, parse_duration, parse_size};
 
 /// Whether `name` is acceptable as a registry, bucket, secret or archive name.

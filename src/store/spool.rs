@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Names of spool files; a store removes leftovers of a crash at start.
+/// Names of spool files, in the directory of the daemon that writes them
+/// (`instance`).
 pub const SPOOL_PREFIX: &str = ".credfs-upload-";
 
 /// A directory opened through `trust`: spool files are made, renamed and
@@ -110,16 +111,6 @@ impl SpoolFile {
             })
         })
         .await
-    }
-
-    /// Removes what a crashed daemon left in `dir`.
-    pub fn clean(dir: &TrustedDir) -> Result<()> {
-        for name in dir.names()? {
-            if name.starts_with(SPOOL_PREFIX) {
-                let _ = dir.unlink(&name);
-            }
-        }
-        Ok(())
     }
 
     /// The open file, for sending it: the bytes that were checked.

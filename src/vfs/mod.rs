@@ -382,8 +382,13 @@ impl CredFs {
                     let seen = self.published.observe(ino, fingerprint(value.expose()));
                     (value.len() as u64, seen.changed_at)
                 }
-                // The entry exists; opening it reports the failure.
-                Err(_) => (0, ns.loaded_at),
+                // The entry exists; opening it reports the failure. The
+                // kernel must not keep this size 0 and serve a later open
+                // as empty from it.
+                Err(_) => {
+                    self.published.forget(ino);
+                    (0, ns.loaded_at)
+                }
             },
         };
         Ok(Attr {

@@ -60,7 +60,7 @@ impl CredFs {
         if let Some(info) = store.stat(bucket, name).await? {
             let ino = self.inodes.ino(&Node::Archive(bucket.into(), name.into()));
             self.published
-                .observe(ino, fingerprint((info.size, info.modified)));
+                .observe(ino, fingerprint((info.size, info.modified, info.version)));
             return Ok((info.size, info.modified));
         }
         match self.uploads.get(bucket, name) {
@@ -123,7 +123,7 @@ impl CredFs {
         };
         if let Some(reader) = reader {
             let info = reader.info();
-            let content = fingerprint((info.size, info.modified));
+            let content = fingerprint((info.size, info.modified, info.version));
             let seen = self.published.observe(ino, content);
             let fh = self.handles.insert(Handle::Archive(reader));
             let cache = if seen.kernel_copy_valid {
