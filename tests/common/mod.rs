@@ -409,3 +409,18 @@ pub fn probe(config: &Path, env: &[(&str, &str)]) -> Output {
     }
     command.output().expect("credfs check")
 }
+
+/// Opens `target` (holding `old`), reads its last 64 KiB, replaces it with
+/// `new` through `cp`, then reads its first 64 KiB through the same
+/// handle: "errno N" when that read fails, else which bytes it returned.
+pub fn replaced_mid_read(target: &Path, old: &Path, new: &Path) -> String {
+    let script = format!(
+        "import subprocess\nold, new = open({old:?}, 'rb').read(), open({new:?}, 'rb').read()\nf = open({target:?}, 'rb', buffering=0)\nf.seek(-65536, 2)\nassert f.read(65536) == old[-65536:], 'the tail before the replacement'\nsubprocess.run(['cp', {new:?}, {target:?}], check=True)\nf.seek(0)\ntry:\n    head = f.read(65536)\n    print('old bytes' if head == old[:65536] else 'new bytes' if head == new[:65536] else 'other bytes')\nexcept OSError as e:\n    print('errno', e.errno)\n",
+        old = old.to_string_lossy(),
+        new = new.to_string_lossy(),
+        target = target.to_string_lossy(),
+    );
+    let out = run("python3", &["-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
