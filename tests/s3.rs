@@ -646,7 +646,10 @@ fn an_upload_in_flight_survives_a_probe_a_reload_and_a_second_daemon() {
 /// The daemon dies (SIGKILL) or stops (SIGTERM) with parts on the server:
 /// the next start aborts the multipart upload its journal names and
 /// removes the dead daemon's spool.
-fn a_stopped_daemons_upload_is_cleaned_at_the_next_start(stop: impl FnOnce(&mut Daemon)) {
+fn a_stopped_daemons_upload_is_cleaned_at_the_next_start(
+    graceful: bool,
+    stop: impl FnOnce(&mut Daemon),
+) {
     let mut setup = start();
     let (writer, _) = writer_with_parts_in_flight(&setup, "orphan.zip");
     let spool = setup.daemon.dir.path().join("spool");
@@ -665,7 +668,11 @@ fn a_stopped_daemons_upload_is_cleaned_at_the_next_start(stop: impl FnOnce(&mut 
     stop(&mut setup.daemon);
     drop(writer);
     assert_eq!(spool_files(&spool).len(), 1, "left by the stopped daemon");
-    assert!(parts_on_server(&setup) >= 2, "parts left on the server");
+    // A stop may get the abort out before the runtime winds down; a kill
+    // never does.
+    if !graceful {
+        assert!(parts_on_server(&setup) >= 2, "parts left on the server");
+    }
 
     let env = daemon_env(&setup.daemon);
     setup.daemon.spawn_with_env(&env_refs(&env));
@@ -690,12 +697,12 @@ fn a_stopped_daemons_upload_is_cleaned_at_the_next_start(stop: impl FnOnce(&mut 
 
 #[test]
 fn a_killed_daemons_multipart_upload_is_aborted_at_the_next_start() {
-    a_stopped_daemons_upload_is_cleaned_at_the_next_start(Daemon::crash);
+    a_stopped_daemons_upload_is_cleaned_at_the_next_start(false, Daemon::crash);
 }
 
 #[test]
 fn a_multipart_upload_cut_by_a_stop_is_aborted_at_the_next_start() {
-    a_stopped_daemons_upload_is_cleaned_at_the_next_start(|daemon| {
+    a_stopped_daemons_upload_is_cleaned_at_the_next_start(true, |daemon| {
         daemon.stop();
     });
 }
