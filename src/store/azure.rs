@@ -4,7 +4,8 @@
 //! `<prefix><name>.zip`. Reads stream like S3's; uploads go through a spool
 //! file like S3's: full blocks are sent while an archive is written and
 //! the block list committed after its check (one PUT when small), aborted
-//! on failure.
+//! on failure. A reader's GETs carry `If-Match` with the ETag of the HEAD
+//! at open: one handle, one version.
 
 use super::instance;
 use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};

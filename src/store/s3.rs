@@ -3,14 +3,18 @@
 //! ranged GET from its position (read-ahead bounded by TCP's window) and
 //! keeps the last 8 MiB, so memory stays bounded whatever the object size;
 //! a seek starts a new GET. Few GETs matter: some S3-compatibles pay a
-//! whole-object cost per request.
+//! whole-object cost per request. Every GET of one handle asks for the
+//! ETag its first GET returned (`If-Match`), so a handle never mixes two
+//! versions of an object.
 //! Uploads are written to a local spool file. While an archive is being
 //! written, each full part goes up as part of a multipart upload; commit
 //! checks the archive, sends the rest and completes it (a small archive is
 //! one PUT). A write back into a part already sent, or a rename to another
 //! name, makes commit start over from the spool. Any failure aborts the
 //! multipart upload, so nothing is visible at the key until the archive is
-//! checked and complete.
+//! checked and complete. Each multipart upload is in the journal
+//! (`journal`) until it is completed or aborted, so that the next start
+//! aborts those a dead daemon left.
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
@@ -143,7 +147,8 @@ impl S3Store {
         })
     }
 
-    /// The page-cache version of an object with `etag`, as listings give it.
+    /// The page-cache version of an object with `etag`; `listed`: the
+    /// ETag comes from a listing (else from a GET).
     fn version(&self, etag: Option<&str>, listed: bool) -> u64 {
         use std::sync::atomic::Ordering;
         if listed && etag.is_some() {

@@ -1,6 +1,7 @@
 //! A local file holding an upload until it commits: written at any offset,
 //! readable (for the archive check). Removed when dropped unless kept by a
-//! commit.
+//! commit. Spool files are made in the daemon's own directory (`instance`),
+//! so that no other daemon or command removes one in use.
 
 use super::blocking;
 use crate::error::{Error, Result};
