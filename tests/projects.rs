@@ -501,7 +501,7 @@ fn a_replaced_archive_is_never_read_stale() {
 /// what it owns or what a dead daemon left.
 #[test]
 fn an_upload_in_flight_survives_a_probe_a_reload_and_a_second_daemon() {
-    let (daemon, src) = start();
+    let (mut daemon, src) = start();
     let zip = make_zip(&src, "live.zip", 1 << 20);
     let body = format!("f.write(open({:?}, 'rb').read())", zip.to_string_lossy());
     let writer = PausedWriter::start(
@@ -558,6 +558,15 @@ fn an_upload_in_flight_survives_a_probe_a_reload_and_a_second_daemon() {
     assert_eq!(sha256(&bucket.join("live.zip")), sha256(&zip));
     assert_eq!(sha256(&second.path("projects/b/live.zip")), sha256(&zip));
     assert!(spool_files(&bucket).is_empty());
+    // A clean stop takes its own empty directory with it.
+    assert_eq!(instance_dirs(&bucket).len(), 1);
+    assert!(daemon.stop().success());
+    assert!(second.stop().success());
+    assert!(
+        instance_dirs(&bucket).is_empty(),
+        "{:?}",
+        instance_dirs(&bucket)
+    );
 }
 
 /// A daemon killed mid-upload leaves its spool file; the next start

@@ -12,6 +12,7 @@ mod spool;
 mod streaming;
 
 pub use filesystem::FilesystemStore;
+pub use instance::release;
 
 use crate::config::{StoreConfig, StoreProviderConfig};
 use crate::error::{Error, Result};
