@@ -149,7 +149,8 @@ pub fn leftovers(parent: &TrustedDir, what: &str) -> Vec<Leftover> {
         if !name.starts_with(INSTANCE_PREFIX) || name == own {
             continue;
         }
-        let Ok(dir) = parent.subdir(&name, what) else {
+        // Another sweeper may have removed it since the listing.
+        let Ok(dir) = parent.existing_subdir(&name, what) else {
             continue;
         };
         if owner_is_gone(&dir) {

@@ -46,6 +46,14 @@ impl TrustedDir {
         Ok(TrustedDir { fd, shown })
     }
 
+    /// `subdir` of a directory that exists: none is made.
+    pub fn existing_subdir(&self, name: &str, what: &str) -> Result<TrustedDir> {
+        let shown = self.shown.join(name);
+        let fd = trust::open_existing_subdir(&self.fd, &self.shown, name)
+            .map_err(|d| untrusted(&d, what, &shown))?;
+        Ok(TrustedDir { fd, shown })
+    }
+
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }
