@@ -2,8 +2,8 @@
 //! per upload, overwrite, rename, delete and refresh, naming who and what,
 //! never a value. Names are JSON strings, so no name can forge a line.
 
+use crate::caller::{Caller, process_name};
 use crate::error::{Error, ErrorKind, Result};
-use crate::vfs::Caller;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -206,17 +206,6 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .append(true)
         .mode(0o600)
         .open(path)
-}
-
-/// The caller's command name; empty when the process is gone or outside
-/// the daemon's pid namespace.
-fn process_name(pid: u32) -> String {
-    if pid == 0 {
-        return String::new();
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|name| name.trim_end().to_string())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 pub mod audit;
+pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fuse;
 pub mod helper_protocols;
+pub mod names;
 pub mod registry;
 pub mod secret;
 pub mod status;

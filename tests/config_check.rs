@@ -313,3 +313,44 @@ fn probe_reports_each_entry_without_secrets() {
     assert!(text.contains("registry ecr: error:"), "{text}");
     assert!(!text.contains("probe-secret-77"));
 }
+
+#[test]
+fn part_sizes_outside_what_s3_takes_are_refused() {
+    let store = |part: &str| {
+        format!(
+            "[stores.s3]\nprovider = \"s3\"\nregion = \"us-east-1\"\nbuckets = [\"b\"]\nspool_dir = \"/var/lib/credfs/spool-check\"\npart_size = \"{part}\"\n"
+        )
+    };
+    assert_refused(
+        &store("6GiB"),
+        "6:13",
+        "part_size `6GiB` is above the 5GiB maximum of S3 multipart uploads",
+    );
+    assert_refused(
+        &store("4MiB"),
+        "6:13",
+        "part_size `4MiB` is below the 5MiB minimum of S3 multipart uploads",
+    );
+    let at_most = config_file(&store("5GiB"));
+    let (code, _, err) = check(&at_most);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_non_utf8_argument_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::ffi::OsStr::from_bytes(b"ghcr.io/\xff/app");
+    for program in [BIN, env!("CARGO_BIN_EXE_credfs-helper")] {
+        let out = std::process::Command::new(program)
+            .arg("get")
+            .arg(bad)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{program}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("arguments must be UTF-8 text"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

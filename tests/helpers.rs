@@ -319,6 +319,318 @@ fn a_changed_provider_config_drops_only_that_registrys_cached_token() {
     assert_eq!((runs("changing"), runs("steady")), (2, 1));
 }
 
+/// The registry's entry in status.json.
+fn status_entry(daemon: &Daemon, registry: &str) -> serde_json::Value {
+    let status: serde_json::Value =
+        serde_json::from_slice(&cat(daemon, "status.json").stdout).unwrap();
+    status["registries"][registry].clone()
+}
+
+/// Lines in the counter file a helper appends to on every run.
+fn runs_in(path: &Path) -> usize {
+    fs::read_to_string(path).map_or(0, |r| r.lines().count())
+}
+
+fn retry_at(entry: &serde_json::Value) -> std::time::SystemTime {
+    let text = entry["retry_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{entry}"));
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("retry_at {text}: {e}"))
+}
+
+#[test]
+fn a_failing_helper_runs_once_for_concurrent_readers_and_ls_then_rests() {
+    // The first run hangs until the 2 s timeout; later runs fail at once.
+    let daemon = start(|dir| {
+        let broken = script(
+            dir,
+            "broken",
+            &format!(
+                "echo run >> {0}/runs\nif [ \"$(wc -l < {0}/runs)\" -eq 1 ]; then exec sleep 30; fi\necho 'the vault is sealed' >&2\nexit 1\n",
+                dir.display()
+            ),
+        );
+        helper_entry("broken", &broken, "")
+    });
+    let runs = || runs_in(&daemon.dir.path().join("runs"));
+    let token = daemon.path("registries/broken/token");
+    let dir = daemon.path("registries/broken");
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let cats: Vec<_> = (0..10)
+            .map(|_| scope.spawn(|| run("cat", &[&token.to_string_lossy()])))
+            .collect();
+        let ls = scope.spawn(|| run("ls", &["-l", &dir.to_string_lossy()]));
+        for reader in cats {
+            let out = reader.join().unwrap();
+            assert!(
+                stderr(&out).contains("Input/output error"),
+                "{}",
+                stderr(&out)
+            );
+        }
+        let listing = ls.join().unwrap();
+        assert!(listing.status.success(), "{}", stderr(&listing));
+        let listed = String::from_utf8_lossy(&listing.stdout);
+        assert!(
+            listed.contains(" token\n") && listed.contains(" auth.json\n"),
+            "{listed}"
+        );
+    });
+    assert_eq!(runs(), 1, "ten readers and ls -l share one helper run");
+    eprintln!(
+        "ten cats and ls -l on a hanging helper: {} run in {:?}",
+        runs(),
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "one timeout, not one per reader: {:?}",
+        started.elapsed()
+    );
+    let entry = status_entry(&daemon, "broken");
+    assert_eq!(entry["state"], "error", "{entry}");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2s")
+    );
+    assert_eq!(entry["failures"], 1);
+
+    // Each rest is over once a read runs the helper again; the rests double.
+    for failures in [2, 3] {
+        wait_for("the next attempt", Duration::from_secs(10), || {
+            let out = cat(&daemon, "registries/broken/token");
+            assert!(!out.status.success());
+            runs() >= failures
+        });
+        assert_eq!(runs(), failures);
+        let entry = status_entry(&daemon, "broken");
+        assert_eq!(entry["failures"], failures, "{entry}");
+        assert!(
+            entry["reason"]
+                .as_str()
+                .unwrap()
+                .contains("the vault is sealed")
+        );
+    }
+    // The third rest lasts 3.2 s to 4 s: reads fail fast, ls -l runs nothing.
+    let entry = status_entry(&daemon, "broken");
+    let until = retry_at(&entry);
+    let left = until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_else(|_| panic!("retry_at {entry} is in the past"));
+    assert!(
+        left > Duration::from_secs(2) && left <= Duration::from_secs(4),
+        "{left:?}"
+    );
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        let out = cat(&daemon, "registries/broken/token");
+        assert!(stderr(&out).contains("Input/output error"));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "failed fast"
+        );
+    }
+    let listing = run("ls", &["-l", &dir.to_string_lossy()]);
+    assert!(listing.status.success(), "{}", stderr(&listing));
+    assert!(
+        std::time::SystemTime::now() < until,
+        "the checks ran within the rest"
+    );
+    assert_eq!(runs(), 3, "no run while resting");
+    let summary = run(BIN, &["status", &daemon.mnt.to_string_lossy()]);
+    assert!(
+        String::from_utf8_lossy(&summary.stdout).contains("next attempt at"),
+        "{}",
+        String::from_utf8_lossy(&summary.stdout)
+    );
+}
+
+#[test]
+fn a_refresh_write_and_credfs_get_refresh_skip_the_rest() {
+    let daemon = start(|dir| {
+        let flaky = script(
+            dir,
+            "flaky",
+            &format!(
+                "echo \"$@\" >> {0}/runs\nif [ -e {0}/fixed ]; then echo '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'; exit 0; fi\necho 'the vault is sealed' >&2\nexit 1\n",
+                dir.display()
+            ),
+        );
+        helper_entry("flaky", &flaky, "")
+    });
+    let dir = daemon.dir.path();
+    let runs = || runs_in(&dir.join("runs"));
+    let token = "registries/flaky/token";
+    // Three failures in a row: the rest is now over three seconds long.
+    wait_for("three failed runs", Duration::from_secs(10), || {
+        assert!(!cat(&daemon, token).status.success());
+        runs() >= 3
+    });
+    let until = retry_at(&status_entry(&daemon, "flaky"));
+
+    fs::write(dir.join("fixed"), "").unwrap();
+    let plain = cat(&daemon, token);
+    assert!(
+        stderr(&plain).contains("Input/output error"),
+        "still resting"
+    );
+    assert_eq!(runs(), 3);
+    let refresh = sh(&format!(
+        "echo 1 > {}",
+        daemon.path("registries/flaky/refresh").display()
+    ));
+    assert!(refresh.status.success(), "{}", stderr(&refresh));
+    assert!(
+        std::time::SystemTime::now() < until,
+        "the refresh came within the rest"
+    );
+    assert_eq!(runs(), 4);
+    assert_eq!(cat(&daemon, token).stdout, SECRET.as_bytes());
+    assert_eq!(status_entry(&daemon, "flaky")["state"], "ok");
+
+    // Broken again, resting again; `credfs get --refresh` gets through.
+    fs::remove_file(dir.join("fixed")).unwrap();
+    let refresh = sh(&format!(
+        "echo 1 > {}",
+        daemon.path("registries/flaky/refresh").display()
+    ));
+    assert!(
+        stderr(&refresh).contains("I/O error"),
+        "{}",
+        stderr(&refresh)
+    );
+    assert_eq!(runs(), 5);
+    // The cached credential is still valid and served.
+    assert_eq!(cat(&daemon, token).stdout, SECRET.as_bytes());
+    let entry = status_entry(&daemon, "flaky");
+    assert_eq!(entry["state"], "error");
+    assert_eq!(
+        entry["failures"], 1,
+        "the count started again after the success"
+    );
+    fs::write(dir.join("fixed"), "").unwrap();
+    let mnt = daemon.mnt.to_string_lossy();
+    let got = run(
+        BIN,
+        &["get", "flaky.example/app", "--refresh", "--mount", &mnt],
+    );
+    assert!(got.status.success(), "{}", stderr(&got));
+    let answer: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(answer["password"], SECRET);
+    assert_eq!(runs(), 6);
+    let args = fs::read_to_string(dir.join("runs")).unwrap();
+    assert_eq!(
+        args.lines().filter(|l| l.ends_with("--refresh")).count(),
+        3,
+        "{args}"
+    );
+    assert_eq!(status_entry(&daemon, "flaky")["state"], "ok");
+}
+
+/// A helper that takes `seconds` to answer `user` with the test secret.
+fn slow_helper(dir: &Path, name: &str, seconds: &str) -> String {
+    let program = script(
+        dir,
+        name,
+        &format!(
+            "sleep {seconds}\necho '{{\"username\": \"{name}-user\", \"password\": \"{SECRET}\"}}'\n"
+        ),
+    );
+    format!(
+        "[registries.{name}]\nprovider = \"helper\"\nregistry = \"{name}.example\"\ncommand = [\"{}\"]\ntimeout = \"15s\"\n",
+        program.display()
+    )
+}
+
+fn auths(daemon: &Daemon) -> serde_json::Map<String, serde_json::Value> {
+    let out = cat(daemon, "docker/config.json");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    config["auths"].as_object().expect("auths").clone()
+}
+
+#[test]
+fn docker_config_json_asks_slow_helpers_at_once() {
+    let daemon = start(|dir| {
+        ["slow1", "slow2", "slow3"]
+            .iter()
+            .map(|name| slow_helper(dir, name, "2"))
+            .collect()
+    });
+    let started = std::time::Instant::now();
+    let auths = auths(&daemon);
+    let took = started.elapsed();
+    eprintln!("docker/config.json with three 2 s helpers: {took:?}");
+    assert!(took < Duration::from_millis(4500), "{took:?}");
+    let mut hosts: Vec<&String> = auths.keys().collect();
+    hosts.sort();
+    assert_eq!(hosts, ["slow1.example", "slow2.example", "slow3.example"]);
+}
+
+#[test]
+fn credfs_get_does_not_wait_for_other_slow_helpers() {
+    let daemon = start(|dir| {
+        ["slow1", "slow2", "slow3"]
+            .iter()
+            .map(|name| slow_helper(dir, name, "2"))
+            .collect()
+    });
+    let mnt = daemon.mnt.to_string_lossy();
+    let started = std::time::Instant::now();
+    let got = run(BIN, &["get", "slow2.example/app", "--mount", &mnt]);
+    let took = started.elapsed();
+    eprintln!("credfs get with three 2 s helpers: {took:?}");
+    assert!(got.status.success(), "{}", stderr(&got));
+    let answer: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(answer["username"], "slow2-user");
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    let listed = sh(&format!("{BIN} docker-credential --mount {mnt} list"));
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let listing: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listing.as_object().unwrap().len(), 3, "{listing}");
+}
+
+#[test]
+fn a_hanging_helper_is_left_out_of_docker_config_json_after_the_deadline() {
+    let daemon = start(|dir| slow_helper(dir, "hung", "60") + &slow_helper(dir, "quick", "0"));
+    let started = std::time::Instant::now();
+    let auths = auths(&daemon);
+    let took = started.elapsed();
+    eprintln!("docker/config.json with one hanging helper: {took:?}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+        "one 10 s deadline for the lookup and the read together: {took:?}"
+    );
+    assert!(auths.contains_key("quick.example"), "{auths:?}");
+    assert!(!auths.contains_key("hung.example"), "{auths:?}");
+
+    // The hung call goes on; other answers do not wait for it.
+    let mnt = daemon.mnt.to_string_lossy();
+    let started = std::time::Instant::now();
+    let got = run(BIN, &["get", "quick.example/app", "--mount", &mnt]);
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_for("the helper timeout", Duration::from_secs(20), || {
+        status_entry(&daemon, "hung")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("timed out after 15s"))
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(self::auths(&daemon).len(), 1, "left out while resting");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no wait while it rests"
+    );
+}
+
 /// A copy of `program` at `dir/name`: its processes carry that path in
 /// their command line, so they can be told apart from every other one.
 fn marked_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
@@ -707,22 +1019,47 @@ fn an_open_after_a_failed_stat_reads_the_whole_token() {
             "round {i}: the failed stat"
         );
         fs::remove_file(&marker).unwrap();
-        // Straight away, inside the attribute's 1 s. A read may fail while
-        // a failure is still remembered; one that succeeds is whole.
-        wait_for(
-            "the token once the helper works",
-            Duration::from_secs(10),
-            || {
-                let out = run("cat", &[&token.to_string_lossy()]);
-                if out.status.success() {
-                    assert_eq!(
-                        out.stdout,
-                        SECRET.as_bytes(),
-                        "round {i}: a read after a failed stat"
-                    );
-                }
-                out.status.success()
-            },
+        // A refresh skips the rest after the failure, so the read comes at
+        // once, inside the attribute's 1 s.
+        let refresh = sh(&format!(
+            "echo 1 > {}",
+            daemon.path(&format!("registries/x{i}/refresh")).display()
+        ));
+        assert!(refresh.status.success(), "{}", stderr(&refresh));
+        let out = run("cat", &[&token.to_string_lossy()]);
+        assert!(out.status.success(), "round {i}: {}", stderr(&out));
+        assert_eq!(
+            out.stdout,
+            SECRET.as_bytes(),
+            "round {i}: a read after a failed stat"
         );
     }
+}
+
+#[test]
+fn an_expiry_beyond_year_9999_is_clamped_not_a_crash() {
+    let daemon = start(|dir| {
+        let helper = script(
+            dir,
+            "far",
+            &format!("echo '{{\"username\":\"u\",\"password\":\"{SECRET}\"}}'\n"),
+        );
+        helper_entry("far", &helper, "ttl = \"9000years\"")
+    });
+    assert_eq!(
+        cat(&daemon, "registries/far/token").stdout,
+        SECRET.as_bytes()
+    );
+    assert_eq!(
+        cat(&daemon, "registries/far/expires_at").stdout,
+        b"9999-12-31T23:59:59Z"
+    );
+    let auth = cat(&daemon, "registries/far/auth.json");
+    assert!(
+        String::from_utf8_lossy(&auth.stdout).contains("\"expires_at\":\"9999-12-31T23:59:59Z\""),
+        "{}",
+        stderr(&auth)
+    );
+    let status = cat(&daemon, "status.json");
+    assert!(status.status.success(), "status.json still renders");
 }

@@ -317,3 +317,28 @@ except OSError:
         stderr(&truncate)
     );
 }
+
+#[test]
+fn a_zip64_offset_that_overflows_is_einval_not_a_crash() {
+    let (daemon, src) = start();
+    let crafted = src.join("crafted.zip");
+    let script = format!(
+        "import struct\nz = b'PK\\x03\\x04' + bytes(60)\nz += b'PK\\x06\\x07' + bytes(4) + struct.pack('<Q', 0xFFFFFFFFFFFFFFF0) + struct.pack('<I', 1)\nz += b'PK\\x05\\x06' + bytes(4) + b'\\xff' * 4 + b'\\xff' * 8 + bytes(2)\nopen({:?}, 'wb').write(z)\n",
+        crafted.to_string_lossy()
+    );
+    let out = run("python3", &["-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = cp(&crafted, &daemon.path("projects/b/crafted.zip"));
+    assert!(
+        stderr(&refused).contains("Invalid argument"),
+        "{}",
+        stderr(&refused)
+    );
+    // The daemon is still serving.
+    let good = make_zip(&src, "good.zip", 1000);
+    assert!(
+        cp(&good, &daemon.path("projects/b/good.zip"))
+            .status
+            .success()
+    );
+}

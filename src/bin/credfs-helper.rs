@@ -3,7 +3,10 @@
 //! the daemon, so it starts in a fraction of credfs's time.
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().collect();
+    let args = match credfs::helper_protocols::utf8_args() {
+        Ok(args) => args,
+        Err(usage) => return usage,
+    };
     credfs::helper_protocols::dispatch_by_name(&args).unwrap_or_else(|| {
         eprintln!(
             "credfs-helper: run me as registry-credentials or docker-credential-credfs (a symlink)"

@@ -90,10 +90,48 @@ fn init_logging(level: Option<&str>) {
     }
 }
 
+/// A panic is logged wherever it happens. On a tokio worker the task's
+/// request is answered EIO (its reply is dropped) and the daemon goes on.
+/// On a FUSE session thread nothing would answer the kernel again: the
+/// process exits non-zero so that systemd restarts it, and the new daemon
+/// detaches the dead mount.
+fn report_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(thread = name, location, "panic: {}", panic_message(info));
+        if name.starts_with("fuser") || name == "fuse-session" {
+            default(info);
+            eprintln!(
+                "credfs: a FUSE session thread panicked; exiting so that the service restarts"
+            );
+            std::process::exit(70);
+        }
+    }));
+}
+
+fn panic_message(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 pub fn main() -> ExitCode {
+    report_panics();
     // Under a helper's name (a symlink to credfs) credfs speaks that
     // helper's protocol.
-    let args: Vec<String> = std::env::args().collect();
+    let args = match crate::helper_protocols::utf8_args() {
+        Ok(args) => args,
+        Err(usage) => return usage,
+    };
     if let Some(code) = crate::helper_protocols::dispatch_by_name(&args) {
         return code;
     }

@@ -17,6 +17,7 @@ const REAP_INTERVAL: Duration = Duration::from_secs(30);
 
 pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
     keep_memory_private();
+    keep_memory_bounded();
     // Absolute, but symlinks kept: a reload must follow a swapped link.
     let config_path = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
     // Watching starts before the first read, so an edit made while the
@@ -222,5 +223,18 @@ fn keep_memory_private() {
     };
     if dumpable != 0 || core != 0 {
         warn!(error = %std::io::Error::last_os_error(), "cannot keep the daemon from dumping core");
+    }
+}
+
+/// glibc gives each busy thread a malloc arena of its own (up to eight per
+/// core) and keeps what was freed in each: a burst of uploads across the
+/// tokio and blocking-pool threads sets the daemon's RSS for good (a soak
+/// measured 32 -> 97 MiB with the default, 32 -> 55 MiB with two). Set
+/// before any thread starts.
+fn keep_memory_bounded() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before other threads.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

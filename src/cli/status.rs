@@ -29,10 +29,13 @@ pub fn run(mountpoint: Option<PathBuf>) -> ExitCode {
             for (name, entry) in entries {
                 let state = text(&entry["state"]);
                 healthy &= state != "error";
-                let reason = entry["reason"]
+                let mut reason = entry["reason"]
                     .as_str()
                     .map(|r| format!("  {r}"))
                     .unwrap_or_default();
+                if let Some(at) = entry["retry_at"].as_str() {
+                    reason.push_str(&format!(" (next attempt at {at})"));
+                }
                 println!(
                     "{section:<10} {name:<20} {:<10} {state}{reason}",
                     text(&entry["provider"])

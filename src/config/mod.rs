@@ -7,13 +7,9 @@ mod validate;
 mod values;
 pub mod watch;
 
+pub use crate::names::check_name;
 pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse, state_dir};
-pub use values::{check_name, parse_duration, parse_size};
-
-/// Whether `name` is acceptable as a registry, bucket, secret or archive name.
-pub fn check_name_ok(name: &str) -> bool {
-    check_name("", name).is_ok()
-}
+pub use values::{parse_duration, parse_size};
 
 use crate::secret::Secret;
 use std::collections::BTreeMap;
@@ -40,6 +36,8 @@ pub struct MountConfig {
     pub gid: u32,
     pub file_mode: u32,
     pub dir_mode: u32,
+    /// Uploads and staging files one uid may have pending at once.
+    pub max_pending_uploads: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -32,6 +32,7 @@ pub struct RawMount {
     pub gid: Option<u32>,
     pub file_mode: Option<Spanned<String>>,
     pub dir_mode: Option<Spanned<String>>,
+    pub max_pending_uploads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

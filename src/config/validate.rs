@@ -2,8 +2,9 @@
 //! `file:line:col` instead of stopping at the first.
 
 use super::raw::{Named, RawConfig, RawRegistry, RawSecret, RawStore};
-use super::values::{check_env_name, check_name, parse_duration, parse_mode, parse_size};
+use super::values::{check_env_name, parse_duration, parse_mode, parse_size};
 use super::*;
+use crate::names::check_name;
 use crate::trust;
 use std::fmt;
 use std::io::Read;
@@ -11,11 +12,15 @@ use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
 
+/// S3's largest part; parts are also read into memory and sent as one
+/// buffer, which must stay well inside a u32 length.
+const MAX_PART_SIZE: u64 = 5 << 30;
 const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// Where the daemon keeps its own files when systemd does not say
 /// (`StateDirectory=` sets `$STATE_DIRECTORY`): root's, never `/var/tmp`.
 const DEFAULT_STATE_DIR: &str = "/var/lib/credfs";
 const MIN_PART_SIZE: u64 = 5 << 20;
+const DEFAULT_MAX_PENDING_UPLOADS: usize = 64;
 const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HELPER_TTL: Duration = Duration::from_secs(3600);
 
@@ -182,6 +187,20 @@ impl Checker<'_> {
         self.check(&name.span(), result);
     }
 
+    fn pending_limit(&mut self, value: Option<&Spanned<i64>>) -> Option<usize> {
+        let value = value?;
+        match usize::try_from(*value.get_ref()) {
+            Ok(limit) if limit > 0 => Some(limit),
+            _ => {
+                self.error(
+                    &value.span(),
+                    "max_pending_uploads must be a positive number",
+                );
+                None
+            }
+        }
+    }
+
     fn config(&mut self, raw: RawConfig) -> Config {
         let mount = MountConfig {
             path: raw.mount.path.map(|p| PathBuf::from(p.into_inner())),
@@ -190,6 +209,9 @@ impl Checker<'_> {
             gid: raw.mount.gid.unwrap_or(0),
             file_mode: self.mode(&raw.mount.file_mode).unwrap_or(0o400),
             dir_mode: self.mode(&raw.mount.dir_mode).unwrap_or(0o500),
+            max_pending_uploads: self
+                .pending_limit(raw.mount.max_pending_uploads.as_ref())
+                .unwrap_or(DEFAULT_MAX_PENDING_UPLOADS),
         };
         let audit = raw.audit.map(|a| AuditConfig {
             path: PathBuf::from(a.path.into_inner()),
@@ -764,10 +786,12 @@ impl Checker<'_> {
                     None => Some(DEFAULT_PART_SIZE),
                     Some(v) => {
                         let size = parse_size(v.get_ref()).and_then(|s| {
-                            if s >= MIN_PART_SIZE {
-                                Ok(s)
-                            } else {
+                            if s < MIN_PART_SIZE {
                                 Err(format!("part_size `{}` is below the 5MiB minimum of S3 multipart uploads", v.get_ref()))
+                            } else if s > MAX_PART_SIZE {
+                                Err(format!("part_size `{}` is above the 5GiB maximum of S3 multipart uploads", v.get_ref()))
+                            } else {
+                                Ok(s)
                             }
                         });
                         self.check(&v.span(), size)

@@ -40,24 +40,6 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Names become path components: keep them to a portable, unambiguous set.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if first_ok && rest_ok && name.len() <= 128 {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid {what} name `{name}`: use 1-128 letters, digits, `.`, `_` or `-`, starting with a letter or digit"
-        ))
-    }
-}
-
 /// A helper's environment variable name, as POSIX shells accept it.
 pub fn check_env_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
@@ -110,14 +92,6 @@ mod tests {
         }
         for bad in ["", "1A", "A-B", "A B", "A=B", "É"] {
             assert!(check_env_name(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn names_are_portable_path_components() {
-        assert!(check_name("registry", "ecr-prod_1.x").is_ok());
-        for bad in ["", ".hidden", "a/b", "..", "spa ce", &"x".repeat(129)] {
-            assert!(check_name("registry", bad).is_err(), "{bad}");
         }
     }
 }

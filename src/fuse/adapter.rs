@@ -135,6 +135,11 @@ impl Filesystem for FuseAdapter {
         });
     }
 
+    /// fuser's default `batch_forget` comes here once per inode.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let caller = caller(req);
         self.spawn(move |fs| async move {

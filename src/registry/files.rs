@@ -47,8 +47,7 @@ impl RegistryFile {
 }
 
 fn rfc3339(at: Option<SystemTime>) -> String {
-    at.map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_default()
+    at.map(crate::status::timestamp).unwrap_or_default()
 }
 
 pub fn render(file: RegistryFile, credential: &Credential) -> Secret {

@@ -265,7 +265,7 @@ impl HelperProvider {
     /// so errors describe it without quoting it.
     fn expiry(&self, expires_at: Option<&str>) -> Result<SystemTime> {
         let Some(text) = expires_at.filter(|t| !t.is_empty()) else {
-            return Ok(SystemTime::now() + self.ttl);
+            return Ok(crate::status::after(SystemTime::now(), self.ttl));
         };
         let at = humantime::parse_rfc3339_weak(text)
             .map_err(|_| self.error("printed an expires_at that is not an RFC 3339 time"))?;

@@ -1,6 +1,7 @@
 //! Container-registry credentials: providers behind `RegistryProvider`, one
 //! file each, and the files every registry directory shows.
 
+mod backoff;
 mod cache;
 mod ecr;
 mod files;
@@ -10,7 +11,7 @@ mod none;
 pub mod probe;
 mod static_secret;
 
-pub use cache::CachedRegistry;
+pub use cache::{AGGREGATE_WAIT, CachedRegistry};
 pub use files::{RegistryFile, docker_config_json, render};
 
 use crate::config::RegistryProviderConfig;

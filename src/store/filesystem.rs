@@ -11,6 +11,7 @@ use super::instance;
 use super::spool::{Committer, SpoolFile, SpooledUpload, TrustedDir, read_full_at};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload, blocking};
 use crate::error::{Error, Result};
+use crate::names::is_archive_name;
 use crate::trust;
 use async_trait::async_trait;
 use rustix::fs::{Mode, OFlags, Stat};
@@ -65,10 +66,6 @@ fn info_of(stat: &Stat) -> ObjectInfo {
         // A replacement is a rename onto the name: a new inode.
         version: stat.st_ino,
     }
-}
-
-fn is_archive_name(name: &str) -> bool {
-    name.ends_with(".zip") && !name.starts_with('.')
 }
 
 /// The archive `name` in `dir`, when it is a regular file there (not a
@@ -196,7 +193,7 @@ impl ObjectReader for FileReader {
 
     async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
         let file = self.file.clone();
-        blocking(move || read_full_at(&file, offset, len)).await
+        blocking(move || read_full_at(&file, offset, u64::from(len))).await
     }
 }
 

@@ -45,8 +45,6 @@ fn own_name() -> String {
 /// A directory this daemon owns, with the lock that says so.
 struct Claimed {
     dir: Arc<TrustedDir>,
-    /// The directory it is in, to remove it from at the end.
-    parent: OwnedFd,
     _lock: OwnedFd,
 }
 
@@ -76,14 +74,11 @@ pub fn claim(parent: &TrustedDir, what: &str) -> Result<Arc<TrustedDir>> {
         .map_err(|e| Error::from_io(dir.shown(LOCK), &e.into()))?;
     rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)
         .map_err(|e| Error::from_io(dir.shown(LOCK), &e.into()))?;
-    let parent_fd = rustix::io::fcntl_dupfd_cloexec(parent.fd(), 0)
-        .map_err(|e| Error::from_io(parent.shown(""), &e.into()))?;
     let dir = Arc::new(dir);
     claimed.insert(
         key,
         Claimed {
             dir: dir.clone(),
-            parent: parent_fd,
             _lock: lock,
         },
     );
@@ -92,9 +87,10 @@ pub fn claim(parent: &TrustedDir, what: &str) -> Result<Arc<TrustedDir>> {
 
 /// At a clean exit: removes this daemon's directories that hold nothing
 /// but their lock. One still holding an upload (a stop in the middle of
-/// it) stays, for the next start to sweep. Blocking.
+/// it) stays, for the next start to sweep. By path: no descriptor of the
+/// parent is kept all along for this, and `rmdir` takes only an empty
+/// directory of this daemon's unique name. Blocking.
 pub fn release() {
-    let name = own_name();
     for (_, claimed) in claimed().drain() {
         let empty = claimed
             .dir
@@ -102,7 +98,7 @@ pub fn release() {
             .is_ok_and(|names| names.iter().all(|n| n == LOCK));
         if empty {
             let _ = claimed.dir.unlink(LOCK);
-            let _ = rustix::fs::unlinkat(&claimed.parent, name.as_str(), AtFlags::REMOVEDIR);
+            let _ = std::fs::remove_dir(claimed.dir.path());
         }
     }
 }

@@ -76,7 +76,7 @@ pub async fn send_rest(
 
 async fn read_part(file: &Arc<File>, offset: u64, length: u64) -> Result<Bytes> {
     let file = file.clone();
-    let bytes = blocking(move || read_full_at(&file, offset, length as u32)).await?;
+    let bytes = blocking(move || read_full_at(&file, offset, length)).await?;
     if bytes.len() as u64 != length {
         return Err(Error::provider("the upload spool ended early"));
     }
@@ -277,7 +277,8 @@ impl<T: PartTarget> Committer for StreamingCommit<T> {
         };
         let part_size = self.target.part_size();
         if !streamed && size <= part_size {
-            let bytes = spool.read_at(0, size as u32).await?;
+            // The whole size: a part may be larger than a u32 (5 GiB).
+            let bytes = spool.read_at(0, size).await?;
             self.target.put(&key, bytes).await?;
         } else if !streamed {
             let sink = self.target.sinks(&key).start().await?;

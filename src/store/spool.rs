@@ -54,6 +54,11 @@ impl TrustedDir {
         Ok(TrustedDir { fd, shown })
     }
 
+    /// The path it was opened by, for messages and a last `rmdir`.
+    pub fn path(&self) -> &Path {
+        &self.shown
+    }
+
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }
@@ -143,7 +148,7 @@ impl SpoolFile {
         .await
     }
 
-    pub async fn read_at(&self, offset: u64, len: u32) -> Result<Vec<u8>> {
+    pub async fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         let file = self.file.clone();
         blocking(move || read_full_at(&file, offset, len)).await
     }
@@ -215,8 +220,9 @@ impl Drop for SpoolFile {
     }
 }
 
-pub fn read_full_at(file: &File, offset: u64, len: u32) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
+pub fn read_full_at(file: &File, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(|_| Error::provider("a read larger than memory"))?;
+    let mut buf = vec![0u8; len];
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -271,7 +277,7 @@ impl<C: Committer> super::Upload for SpooledUpload<C> {
     }
 
     async fn read_at(&mut self, offset: u64, len: u32) -> Result<Vec<u8>> {
-        self.spool()?.read_at(offset, len).await
+        self.spool()?.read_at(offset, u64::from(len)).await
     }
 
     async fn set_len(&mut self, len: u64) -> Result<()> {

@@ -20,15 +20,31 @@ use tracing::{info, warn};
 pub const STAGING_TTL: Duration = Duration::from_secs(600);
 const SEED_CHUNK: u32 = 1 << 20;
 
-pub fn is_archive_name(name: &str) -> bool {
-    name.len() > 4 && name.ends_with(".zip") && crate::config::check_name_ok(name)
-}
+pub use crate::names::is_archive_name;
 
 type Key = (String, String);
 
-#[derive(Default)]
 pub struct Uploads {
     files: Mutex<HashMap<Key, Arc<Pending>>>,
+    /// Pending files one uid may have at once (`[mount] max_pending_uploads`).
+    per_user: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads {
+            files: Mutex::default(),
+            per_user: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+/// Who writes: the process whose close commits, and the uid whose limit
+/// the upload counts against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Writer {
+    pub process: u32,
+    pub uid: u32,
 }
 
 /// One open file descriptor writing into a pending file. A descriptor that
@@ -38,8 +54,9 @@ pub struct WriteHandle {
     bucket_entry: Arc<Bucket>,
     pub bucket: String,
     pub name: String,
-    /// The process (not the thread) that opened it: its close commits.
-    opener: u32,
+    /// The process (not the thread) that opened it, whose close commits,
+    /// and its uid.
+    opener: Writer,
     target: tokio::sync::OnceCell<Arc<Pending>>,
     /// The writer is done: its own close came (or the handle was released).
     closed: std::sync::atomic::AtomicBool,
@@ -107,6 +124,49 @@ impl Uploads {
         (bucket.to_string(), name.to_string())
     }
 
+    /// With no upload in flight, the buffers of the last ones (parts of up
+    /// to part_size, 1 MiB writes) are given back to the system: glibc keeps
+    /// freed memory in its arenas otherwise, and a burst of uploads would
+    /// set the daemon's RSS for good.
+    fn return_memory_if_idle(&self) {
+        if self.files().is_empty() {
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+
+    pub fn set_limit_per_user(&self, limit: usize) {
+        self.per_user
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// One user cannot hold the daemon's descriptors, disk and tasks with
+    /// placeholders: past the limit, a new pending file is EDQUOT.
+    fn check_pending_limit(&self, handle: &WriteHandle) -> Result<()> {
+        let limit = self.per_user.load(std::sync::atomic::Ordering::Relaxed);
+        let uid = handle.opener.uid;
+        let held = self.files().values().filter(|p| p.owner == uid).count();
+        if held < limit {
+            return Ok(());
+        }
+        warn!(
+            uid,
+            held,
+            limit,
+            path = ?format!("projects/{}/{}", handle.bucket, handle.name),
+            "refusing a new upload: this uid has max_pending_uploads uploads and staging files pending"
+        );
+        Err(Error::new(
+            ErrorKind::QuotaExceeded,
+            format!(
+                "uid {uid} has {held} uploads pending, the most [mount] max_pending_uploads allows"
+            ),
+        ))
+    }
+
     pub fn get(&self, bucket: &str, name: &str) -> Option<Arc<Pending>> {
         self.files().get(&Self::key(bucket, name)).cloned()
     }
@@ -139,14 +199,14 @@ impl Uploads {
         name: &str,
         truncate: bool,
         original: Option<Box<dyn ObjectReader>>,
-        process: u32,
+        writer: Writer,
     ) -> Result<Arc<WriteHandle>> {
         let lazy = original.is_some();
         let handle = Arc::new(WriteHandle {
             bucket_entry: bucket,
             bucket: bucket_name.to_string(),
             name: name.to_string(),
-            opener: process,
+            opener: writer,
             target: tokio::sync::OnceCell::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             original,
@@ -173,9 +233,14 @@ impl Uploads {
                 let pending = match existing {
                     Some(pending) => pending,
                     None => {
+                        self.check_pending_limit(handle)?;
                         let store = &handle.bucket_entry.store;
                         let upload = store.begin_upload(&handle.bucket, &handle.name).await?;
-                        let pending = Arc::new(Pending::new(handle.bucket_entry.clone(), upload));
+                        let pending = Arc::new(Pending::new(
+                            handle.bucket_entry.clone(),
+                            upload,
+                            handle.opener.uid,
+                        ));
                         if let Some(original) = &handle.original {
                             copy_into(&pending, original.as_ref()).await?;
                         }
@@ -219,7 +284,7 @@ impl Uploads {
     /// forked child's copy) do not. A staging file is ready for its rename
     /// once its writer closed it (the kernel's release comes later).
     pub async fn flush(&self, handle: &WriteHandle, process: u32) -> Result<Option<ObjectInfo>> {
-        if process != handle.opener {
+        if process != handle.opener.process {
             return Ok(None);
         }
         self.close_writer(handle);
@@ -270,6 +335,7 @@ impl Uploads {
         }
         self.remove_if_same(&handle.bucket, &handle.name, pending);
         handle.state().outcome = Some(outcome.clone());
+        self.return_memory_if_idle();
         outcome.map(Some)
     }
 
@@ -350,6 +416,7 @@ impl Uploads {
             pending.abort().await;
             names.push((bucket, name));
         }
+        self.return_memory_if_idle();
         names
     }
 }
@@ -421,7 +488,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let uploads = Uploads::default();
         let handle = uploads
-            .open("b", bucket(root.path()).await, "zi123", true, None, 1)
+            .open(
+                "b",
+                bucket(root.path()).await,
+                "zi123",
+                true,
+                None,
+                Writer { process: 1, uid: 0 },
+            )
             .await
             .unwrap();
         uploads

@@ -11,6 +11,8 @@ use std::time::{Instant, SystemTime};
 
 pub struct Pending {
     pub bucket: Arc<Bucket>,
+    /// The uid whose pending-upload limit this counts against.
+    pub owner: u32,
     /// `None` once committed or aborted.
     upload: tokio::sync::Mutex<Option<Box<dyn Upload>>>,
     len: AtomicU64,
@@ -19,9 +21,10 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(bucket: Arc<Bucket>, upload: Box<dyn Upload>) -> Self {
+    pub fn new(bucket: Arc<Bucket>, upload: Box<dyn Upload>, owner: u32) -> Self {
         Pending {
             bucket,
+            owner,
             upload: tokio::sync::Mutex::new(Some(upload)),
             len: AtomicU64::new(0),
             writers: AtomicUsize::new(0),

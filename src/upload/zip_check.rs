@@ -88,7 +88,11 @@ pub async fn check(size: u64, data: &mut dyn ReadAt) -> Result<()> {
             return Err(bad("zip64 locator missing"));
         }
         let zip64_offset = u64_at(&locator, 8);
-        if zip64_offset + ZIP64_EOCD_LEN > locator_offset {
+        // A hostile offset must not overflow past the bound check.
+        if zip64_offset
+            .checked_add(ZIP64_EOCD_LEN)
+            .is_none_or(|end| end > locator_offset)
+        {
             return Err(bad("zip64 record offset beyond the end"));
         }
         let zip64 = data.read_exact_at(zip64_offset, ZIP64_EOCD_LEN).await?;
@@ -176,6 +180,22 @@ mod tests {
         let mut empty = EOCD.to_vec();
         empty.extend_from_slice(&[0; 18]);
         verdict(empty).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_zip64_offset_that_overflows_is_an_invalid_archive() {
+        let mut zip = LOCAL_HEADER.to_vec();
+        zip.extend_from_slice(&[0; 60]);
+        zip.extend_from_slice(&ZIP64_LOCATOR);
+        zip.extend_from_slice(&[0; 4]);
+        zip.extend_from_slice(&0xFFFF_FFFF_FFFF_FFF0u64.to_le_bytes());
+        zip.extend_from_slice(&1u32.to_le_bytes());
+        zip.extend_from_slice(&EOCD);
+        zip.extend_from_slice(&[0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        zip.extend_from_slice(&[0xFF; 8]);
+        zip.extend_from_slice(&[0, 0]);
+        let err = verdict(zip).await.expect_err("refused");
+        assert_eq!(err.errno(), libc::EINVAL, "{err}");
     }
 
     #[tokio::test]

@@ -4,8 +4,8 @@
 
 use super::inode::Node;
 use super::namespace::{Namespace, Ownership};
-use super::proc::{ProcStatus, read_status};
 use super::{Caller, CredFs};
+use crate::caller::{ProcStatus, read_status};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Permission bits asked for, as in `access(2)`.

@@ -1,6 +1,9 @@
-//! What each inode number names. Numbers are handed out on first sight and
-//! stay with their entry for the life of the daemon; a rename moves the
-//! number with the file, as on a disk filesystem.
+//! What each inode number names, for as long as anyone holds the number:
+//! the kernel (counted by lookups and forgets, the FUSE contract), an open
+//! directory listing, or the daemon itself (entries it watches). A number
+//! nobody holds is dropped, so names looked up once, failed lookups and
+//! deleted archives cost nothing afterwards. A rename moves the number with
+//! the file, as on a disk filesystem; numbers are never reused.
 
 use crate::registry::RegistryFile;
 use std::collections::HashMap;
@@ -119,10 +122,67 @@ pub struct Inodes {
     inner: Mutex<Table>,
 }
 
+struct Entry {
+    node: Node,
+    /// Lookups the kernel was answered and has not forgotten.
+    lookups: u64,
+    /// Open directory listings that showed this number.
+    listings: u64,
+    /// Kept for the daemon's life (the root, watched entries).
+    pinned: bool,
+}
+
+impl Entry {
+    fn held(&self) -> bool {
+        self.pinned || self.lookups > 0 || self.listings > 0
+    }
+}
+
 struct Table {
     by_node: HashMap<Node, u64>,
-    by_ino: HashMap<u64, Node>,
+    by_ino: HashMap<u64, Entry>,
     next: u64,
+}
+
+impl Table {
+    fn entry(&mut self, node: &Node) -> (u64, &mut Entry) {
+        let ino = match self.by_node.get(node) {
+            Some(ino) => *ino,
+            None => {
+                let ino = self.next;
+                self.next += 1;
+                self.by_node.insert(node.clone(), ino);
+                self.by_ino.insert(
+                    ino,
+                    Entry {
+                        node: node.clone(),
+                        lookups: 0,
+                        listings: 0,
+                        pinned: false,
+                    },
+                );
+                ino
+            }
+        };
+        let entry = self
+            .by_ino
+            .get_mut(&ino)
+            .expect("by_node and by_ino name the same entries");
+        (ino, entry)
+    }
+
+    /// Drops `ino` if nobody holds it any more; whether it was dropped.
+    fn drop_if_unheld(&mut self, ino: u64) -> bool {
+        if self.by_ino.get(&ino).is_none_or(Entry::held) {
+            return false;
+        }
+        if let Some(entry) = self.by_ino.remove(&ino)
+            && self.by_node.get(&entry.node) == Some(&ino)
+        {
+            self.by_node.remove(&entry.node);
+        }
+        true
+    }
 }
 
 impl Default for Inodes {
@@ -130,10 +190,9 @@ impl Default for Inodes {
         let mut table = Table {
             by_node: HashMap::new(),
             by_ino: HashMap::new(),
-            next: ROOT_INO + 1,
+            next: ROOT_INO,
         };
-        table.by_node.insert(Node::Root, ROOT_INO);
-        table.by_ino.insert(ROOT_INO, Node::Root);
+        table.entry(&Node::Root).1.pinned = true;
         Inodes {
             inner: Mutex::new(table),
         }
@@ -147,32 +206,85 @@ impl Inodes {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn ino(&self, node: &Node) -> u64 {
+    /// The number of `node` for an entry the kernel is about to be given
+    /// (a lookup or create reply): held until the kernel forgets it.
+    pub fn lookup(&self, node: &Node) -> u64 {
         let mut table = self.table();
-        if let Some(ino) = table.by_node.get(node) {
-            return *ino;
-        }
-        let ino = table.next;
-        table.next += 1;
-        table.by_node.insert(node.clone(), ino);
-        table.by_ino.insert(ino, node.clone());
+        let (ino, entry) = table.entry(node);
+        entry.lookups += 1;
         ino
     }
 
+    /// The kernel dropped `count` of its lookups of `ino`. Returns whether
+    /// the number is gone now.
+    pub fn forget(&self, ino: u64, count: u64) -> bool {
+        let mut table = self.table();
+        match table.by_ino.get_mut(&ino) {
+            Some(entry) => entry.lookups = entry.lookups.saturating_sub(count),
+            None => return false,
+        }
+        table.drop_if_unheld(ino)
+    }
+
+    /// The number a directory listing shows for `node`, held until
+    /// `unlisted`: the lookups `ls -l` sends next find the same number.
+    pub fn listed(&self, node: &Node) -> u64 {
+        let mut table = self.table();
+        let (ino, entry) = table.entry(node);
+        entry.listings += 1;
+        ino
+    }
+
+    /// A listing that showed `inos` was closed. Returns the numbers gone.
+    pub fn unlisted(&self, inos: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let mut table = self.table();
+        inos.into_iter()
+            .filter(|ino| {
+                if let Some(entry) = table.by_ino.get_mut(ino) {
+                    entry.listings = entry.listings.saturating_sub(1);
+                }
+                table.drop_if_unheld(*ino)
+            })
+            .collect()
+    }
+
+    /// The number of an entry the daemon watches for the rest of its life.
+    pub fn pin(&self, node: &Node) -> u64 {
+        let mut table = self.table();
+        let (ino, entry) = table.entry(node);
+        entry.pinned = true;
+        ino
+    }
+
+    /// The number of `node` if anyone holds one.
+    pub fn peek(&self, node: &Node) -> Option<u64> {
+        self.table().by_node.get(node).copied()
+    }
+
     pub fn node(&self, ino: u64) -> Option<Node> {
-        self.table().by_ino.get(&ino).cloned()
+        self.table().by_ino.get(&ino).map(|e| e.node.clone())
     }
 
     pub fn all(&self) -> Vec<(u64, Node)> {
         self.table()
             .by_ino
             .iter()
-            .map(|(ino, node)| (*ino, node.clone()))
+            .map(|(ino, entry)| (*ino, entry.node.clone()))
             .collect()
     }
 
-    /// `from`'s number now names `to`; whatever `to` had is forgotten and its
-    /// number returned so the kernel can be told.
+    /// How many numbers are held, for tests and benchmarks.
+    pub fn len(&self) -> usize {
+        self.table().by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `from`'s number now names `to`; the number `to` had is returned so
+    /// the kernel can be told. The kernel still holds it until it forgets
+    /// it, but it names nothing any more.
     pub fn rename(&self, from: &Node, to: &Node) -> Option<u64> {
         let mut table = self.table();
         let replaced = table.by_node.remove(to);
@@ -180,7 +292,9 @@ impl Inodes {
             table.by_ino.remove(&old);
         }
         if let Some(ino) = table.by_node.remove(from) {
-            table.by_ino.insert(ino, to.clone());
+            if let Some(entry) = table.by_ino.get_mut(&ino) {
+                entry.node = to.clone();
+            }
             table.by_node.insert(to.clone(), ino);
         }
         replaced
@@ -196,13 +310,44 @@ mod tests {
         let inodes = Inodes::default();
         let staging = Node::Archive("b".into(), "zi123".into());
         let target = Node::Archive("b".into(), "x.zip".into());
-        let a = inodes.ino(&staging);
-        assert_eq!(inodes.ino(&staging), a);
-        let old_target = inodes.ino(&target);
+        let a = inodes.lookup(&staging);
+        assert_eq!(inodes.lookup(&staging), a);
+        let old_target = inodes.lookup(&target);
         assert_eq!(inodes.rename(&staging, &target), Some(old_target));
         assert_eq!(inodes.node(a), Some(target.clone()));
         assert_eq!(inodes.node(old_target), None);
-        assert_ne!(inodes.ino(&staging), a, "the old name gets a fresh number");
-        assert_eq!(inodes.ino(&Node::Root), ROOT_INO);
+        assert_ne!(
+            inodes.lookup(&staging),
+            a,
+            "the old name gets a fresh number"
+        );
+        assert_eq!(inodes.peek(&Node::Root), Some(ROOT_INO));
+    }
+
+    #[test]
+    fn a_number_lives_while_the_kernel_a_listing_or_the_daemon_holds_it() {
+        let inodes = Inodes::default();
+        let archive = Node::Archive("b".into(), "a.zip".into());
+        let ino = inodes.lookup(&archive);
+        inodes.lookup(&archive);
+        assert!(!inodes.forget(ino, 1), "one lookup is still held");
+        assert!(inodes.forget(ino, 1));
+        assert_eq!(inodes.node(ino), None);
+        assert_eq!(inodes.peek(&archive), None);
+        assert_eq!(inodes.len(), 1, "only the root is left");
+
+        let listed = inodes.listed(&archive);
+        assert_eq!(inodes.lookup(&archive), listed, "ls -l sees one number");
+        assert!(inodes.unlisted([listed]).is_empty(), "the kernel holds it");
+        assert!(inodes.forget(listed, 1));
+        let listed = inodes.listed(&archive);
+        assert_eq!(inodes.unlisted([listed]), [listed]);
+
+        let watched = inodes.pin(&Node::DockerConfig);
+        inodes.lookup(&Node::DockerConfig);
+        assert!(!inodes.forget(watched, 1), "pinned");
+        assert!(!inodes.forget(ROOT_INO, 5), "the root stays");
+        assert!(!inodes.forget(12345, 1), "an unknown number is ignored");
+        assert_eq!(inodes.len(), 2);
     }
 }

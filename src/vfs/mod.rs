@@ -6,7 +6,6 @@ mod access;
 mod handles;
 pub mod inode;
 pub mod namespace;
-mod proc;
 mod projects;
 pub use projects::RenameFlags;
 pub mod published;
@@ -16,18 +15,20 @@ pub use handles::{DirEntry, Handle};
 pub use published::KernelCache;
 
 use crate::audit::{AuditLog, Operation};
+pub use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::registry::{self, RegistryFile};
 use crate::secret::Secret;
 use crate::upload::Uploads;
 use access::Credentials;
+use futures::future::join_all;
 use handles::Handles;
 use inode::{Inodes, Node};
 use namespace::{Namespace, Ownership};
 use published::{Published, fingerprint};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long the kernel may trust names and attributes without asking; kept
 /// short because other hosts can change a store, and values that change
@@ -59,12 +60,20 @@ impl Attr {
     }
 }
 
-/// Who made a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
+/// Where the number of an attribute reply comes from.
+enum Numbering {
+    /// A lookup: the kernel will hold the number until it forgets it.
+    Lookup,
+    /// The kernel asked by number (getattr).
+    Known(u64),
+}
+
+/// What an attribute reply tells the page-cache bookkeeping.
+enum Content {
+    None,
+    Value(u64),
+    Archive(u64),
+    Failed,
 }
 
 /// What a read returns. A value is answered from the secret itself, so no
@@ -121,6 +130,23 @@ fn refused(node: &Node) -> Error {
     Error::denied(format!("{} is read-only", node.path()))
 }
 
+/// The registry a config entry names, when it names one (ECR may leave it
+/// to the provider's answer).
+fn configured_registry<'a>(ns: &'a Namespace, name: &str) -> Option<&'a str> {
+    ns.config.registries.get(name)?.provider.registry()
+}
+
+/// The file's content is in the config: no provider call is needed.
+fn from_config(ns: &Namespace, name: &str, file: RegistryFile) -> bool {
+    file == RegistryFile::Registry && configured_registry(ns, name).is_some()
+}
+
+/// The registry's provider is resting after a failure, with nothing valid
+/// cached.
+fn resting(ns: &Namespace, name: &str) -> bool {
+    ns.registries.get(name).is_some_and(|r| r.resting())
+}
+
 impl CredFs {
     pub fn new(namespace: Namespace) -> Self {
         let fs = CredFs {
@@ -132,18 +158,24 @@ impl CredFs {
             last_error: std::sync::Mutex::new(None),
             audit: AuditLog::default(),
         };
+        fs.apply_limits(&fs.namespace());
         fs.watch_credentials(&fs.namespace());
         fs
+    }
+
+    fn apply_limits(&self, ns: &Namespace) {
+        self.uploads
+            .set_limit_per_user(ns.config.mount.max_pending_uploads);
     }
 
     /// A registry's files and docker/config.json change with its
     /// credential: the kernel drops its copies the moment it changes.
     fn watch_credentials(&self, ns: &Namespace) {
-        let config_ino = self.inodes.ino(&Node::DockerConfig);
+        let config_ino = self.inodes.pin(&Node::DockerConfig);
         for (name, cached) in &ns.registries {
             let inodes: Vec<u64> = RegistryFile::ALL
                 .into_iter()
-                .map(|f| self.inodes.ino(&Node::RegistryFile(name.clone(), f)))
+                .map(|f| self.inodes.pin(&Node::RegistryFile(name.clone(), f)))
                 .chain([config_ino])
                 .collect();
             let published = self.published.clone();
@@ -172,6 +204,7 @@ impl CredFs {
         }
         let old = self.namespace();
         let new = Arc::new(Namespace::build(config, Some(&old)).await);
+        self.apply_limits(&new);
         self.watch_credentials(&new);
         self.clear_error();
         match self.namespace.write() {
@@ -183,8 +216,8 @@ impl CredFs {
             .iter()
             .filter(|(_, node)| !self.exists(&new, node))
             .filter_map(|(_, node)| {
-                let parent = node.parent()?;
-                Some((self.inodes.ino(&parent), node.name()))
+                let parent = self.inodes.peek(&node.parent()?)?;
+                Some((parent, node.name()))
             })
             .collect();
         self.published.invalidate_entries(gone);
@@ -284,8 +317,18 @@ impl CredFs {
                     .registries
                     .get(name)
                     .ok_or_else(|| Error::not_found(node.path()))?;
+                // The config already says which registry this is: finding a
+                // registry (`credfs get`, Docker's helper protocol) needs no
+                // provider call, and a broken provider cannot hide it.
+                if from_config(ns, name, *file)
+                    && let Some(host) = configured_registry(ns, name)
+                {
+                    return Ok(Secret::from(host.to_string()));
+                }
+                // The cache logs each failed provider call once; a read
+                // refused while the provider rests would only repeat it.
                 let credential = cached.get().await.map_err(|e| {
-                    warn!(path = %node.path(), error = %e, "credential unavailable");
+                    debug!(path = %node.path(), error = %e, "credential unavailable");
                     e
                 })?;
                 Ok(registry::render(*file, &credential))
@@ -294,19 +337,28 @@ impl CredFs {
                 // Only what the caller could read on its own, registry by
                 // registry: the aggregate must not widen anyone's access.
                 let mut credentials = Credentials::of(caller);
-                let mut readable = Vec::new();
-                for (name, cached) in &ns.registries {
-                    let password = Node::RegistryFile(name.clone(), RegistryFile::Password);
-                    if self
-                        .check_access_as(ns, &password, &mut credentials, access::READ)
-                        .is_ok()
-                        && let Ok(credential) = cached.get().await
-                    {
-                        readable.push(credential);
+                let readable: Vec<_> = ns
+                    .registries
+                    .iter()
+                    .filter(|(name, _)| {
+                        let password = Node::RegistryFile((*name).clone(), RegistryFile::Password);
+                        self.check_access_as(ns, &password, &mut credentials, access::READ)
+                            .is_ok()
+                    })
+                    .collect();
+                // All at once, under one deadline: a slow or hanging
+                // provider is left out instead of holding up the others.
+                let fetched = join_all(readable.into_iter().map(|(name, cached)| async move {
+                    let outcome = cached.get_within(registry::AGGREGATE_WAIT).await;
+                    if let Err(e) = &outcome {
+                        debug!(registry = %name, error = %e, "left out of docker/config.json");
                     }
-                }
+                    outcome.ok()
+                }))
+                .await;
+                let available: Vec<_> = fetched.into_iter().flatten().collect();
                 Ok(registry::docker_config_json(
-                    readable.iter().map(|c| c.as_ref()),
+                    available.iter().map(|c| c.as_ref()),
                 ))
             }
             Node::RegistryRefresh(_) => Ok(Secret::empty()),
@@ -323,6 +375,7 @@ impl CredFs {
                     ns,
                     &self.uploads,
                     &self.audit,
+                    self.held_inodes(),
                     last_error.as_ref(),
                 ))
             }
@@ -353,47 +406,74 @@ impl CredFs {
         }
     }
 
-    async fn attr_of(&self, ns: &Namespace, node: &Node, caller: Caller) -> Result<Attr> {
+    /// The attributes of `node`. Everything that can fail comes before a
+    /// number is handed out: a failed lookup holds nothing.
+    async fn attr_of(
+        &self,
+        ns: &Namespace,
+        node: &Node,
+        caller: Caller,
+        numbering: Numbering,
+    ) -> Result<Attr> {
         if !self.exists(ns, node) {
             return Err(Error::not_found(node.path()));
         }
-        let ino = self.inodes.ino(node);
         let ownership = self.ownership(ns, node);
-        if node.is_dir() {
-            return Ok(Attr {
-                ino,
-                kind: Kind::Dir,
-                size: 0,
-                mtime: ns.loaded_at,
-                ownership,
-                per_caller: false,
-            });
-        }
-        let (size, mtime) = match node {
-            Node::Archive(bucket, name) => self.archive_size(ns, bucket, name).await?,
+        let (kind, size, mtime, content) = match node {
+            node if node.is_dir() => (Kind::Dir, 0, ns.loaded_at, Content::None),
+            Node::Archive(bucket, name) => {
+                let info = self.archive_size(ns, bucket, name).await?;
+                let archive = fingerprint((info.size, info.modified, info.version));
+                (
+                    Kind::File,
+                    info.size,
+                    info.modified,
+                    Content::Archive(archive),
+                )
+            }
+            // Not a fingerprint: what one caller sees says nothing of what
+            // the kernel cached for another.
             Node::DockerConfig => match self.value(ns, node, caller).await {
-                // Not a fingerprint: what one caller sees says nothing of
-                // what the kernel cached for another.
-                Ok(value) => (value.len() as u64, ns.loaded_at),
-                Err(_) => (0, ns.loaded_at),
+                Ok(value) => (Kind::File, value.len() as u64, ns.loaded_at, Content::None),
+                Err(_) => (Kind::File, 0, ns.loaded_at, Content::None),
             },
+            // Nothing to measure without a provider call, which would only
+            // fail now: `ls -l` of a broken registry runs its provider once.
+            Node::RegistryFile(name, file)
+                if resting(ns, name) && !from_config(ns, name, *file) =>
+            {
+                (Kind::File, 0, ns.loaded_at, Content::Failed)
+            }
             _ => match self.value(ns, node, caller).await {
                 Ok(value) => {
-                    let seen = self.published.observe(ino, fingerprint(value.expose()));
-                    (value.len() as u64, seen.changed_at)
+                    let content = Content::Value(fingerprint(value.expose()));
+                    (Kind::File, value.len() as u64, ns.loaded_at, content)
                 }
-                // The entry exists; opening it reports the failure. The
-                // kernel must not keep this size 0 and serve a later open
-                // as empty from it.
-                Err(_) => {
-                    self.published.forget(ino);
-                    (0, ns.loaded_at)
-                }
+                // The entry exists; opening it reports the failure.
+                Err(_) => (Kind::File, 0, ns.loaded_at, Content::Failed),
             },
+        };
+        let ino = match numbering {
+            Numbering::Lookup => self.inodes.lookup(node),
+            Numbering::Known(ino) => ino,
+        };
+        let mtime = match content {
+            Content::Value(content) => self.published.observe(ino, content).changed_at,
+            Content::Archive(content) => {
+                self.published.observe(ino, content);
+                mtime
+            }
+            // Size 0 stands for "unknown": the kernel must not trust it, or
+            // an open right after would read 0 bytes from its cache.
+            Content::Failed => {
+                self.published.forget(ino);
+                mtime
+            }
+            Content::None => mtime,
         };
         Ok(Attr {
             ino,
-            kind: Kind::File,
+            kind,
             size,
             mtime,
             ownership,
@@ -414,7 +494,7 @@ impl CredFs {
             return Err(denied);
         }
         let child = self.child(&ns, &parent, name)?;
-        self.attr_of(&ns, &child, caller).await
+        self.attr_of(&ns, &child, caller, Numbering::Lookup).await
     }
 
     /// What `access(2)` answers: `mask` holds R_OK, W_OK and X_OK bits.
@@ -440,7 +520,8 @@ impl CredFs {
                 per_caller: false,
             });
         }
-        self.attr_of(&ns, &node, caller).await
+        self.attr_of(&ns, &node, caller, Numbering::Known(ino))
+            .await
     }
 
     /// chmod, chown and utime change nothing (owners and modes come from the
@@ -536,7 +617,11 @@ impl CredFs {
             } else {
                 Kind::File
             };
-            entries.push(DirEntry::new(self.inodes.ino(&child), kind, child.name()));
+            entries.push(DirEntry::new(
+                self.inodes.listed(&child),
+                kind,
+                child.name(),
+            ));
         }
         Ok(self.handles.insert(Handle::Dir(entries)))
     }
@@ -683,7 +768,25 @@ impl CredFs {
     pub async fn release(&self, fh: u64) {
         self.published.release(fh);
         if let Some(handle) = self.handles.remove(fh) {
+            if let Handle::Dir(entries) = handle.as_ref() {
+                let gone = self.inodes.unlisted(entries.iter().skip(2).map(|e| e.ino));
+                gone.into_iter()
+                    .for_each(|ino| self.published.drop_inode(ino));
+            }
             self.release_handle(handle).await;
         }
+    }
+
+    /// The kernel dropped `count` lookups of `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        if self.inodes.forget(ino, count) {
+            self.published.drop_inode(ino);
+        }
+    }
+
+    /// Inode numbers held and inodes tracked for the page cache: what a
+    /// long-running daemon must keep bounded.
+    pub fn held_inodes(&self) -> (usize, usize) {
+        (self.inodes.len(), self.published.len())
     }
 }

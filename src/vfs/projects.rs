@@ -8,11 +8,11 @@ use super::published::fingerprint;
 use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, refused};
 use crate::audit::Operation;
 use crate::error::{Error, ErrorKind, Result};
+use crate::store::ObjectInfo;
 use crate::upload::WriteHandle;
 use crate::upload::{STAGING_TTL, is_archive_name};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// How a rename treats an existing target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,16 +55,17 @@ impl CredFs {
         ns: &Namespace,
         bucket: &str,
         name: &str,
-    ) -> Result<(u64, SystemTime)> {
+    ) -> Result<ObjectInfo> {
         let store = &self.bucket(ns, bucket)?.store;
         if let Some(info) = store.stat(bucket, name).await? {
-            let ino = self.inodes.ino(&Node::Archive(bucket.into(), name.into()));
-            self.published
-                .observe(ino, fingerprint((info.size, info.modified, info.version)));
-            return Ok((info.size, info.modified));
+            return Ok(info);
         }
         match self.uploads.get(bucket, name) {
-            Some(pending) => Ok((pending.size(), pending.modified())),
+            Some(pending) => Ok(ObjectInfo {
+                size: pending.size(),
+                modified: pending.modified(),
+                version: 0,
+            }),
             None => Err(Error::not_found(format!("projects/{bucket}/{name}"))),
         }
     }
@@ -111,7 +112,7 @@ impl CredFs {
                     name,
                     flags.truncate,
                     original,
-                    caller.process(),
+                    writer(caller),
                 )
                 .await?;
             return Ok(self.opened_for_writing(handle));
@@ -172,10 +173,10 @@ impl CredFs {
         let ownership = self.ownership(&ns, &node);
         let handle = self
             .uploads
-            .open(&bucket, entry, name, true, None, caller.process())
+            .open(&bucket, entry, name, true, None, writer(caller))
             .await?;
         let attr = Attr {
-            ino: self.inodes.ino(&node),
+            ino: self.inodes.lookup(&node),
             kind: Kind::File,
             size: 0,
             mtime: handle.modified(),
@@ -255,8 +256,10 @@ impl CredFs {
 
     /// The kernel's copy of an archive is out of date.
     fn forget_archive(&self, bucket: &str, name: &str) {
-        let ino = self.inodes.ino(&Node::Archive(bucket.into(), name.into()));
-        self.published.forget(ino);
+        // A number nobody holds has no copy in the kernel to drop.
+        if let Some(ino) = self.inodes.peek(&Node::Archive(bucket.into(), name.into())) {
+            self.published.forget(ino);
+        }
     }
 
     pub async fn unlink(&self, parent: u64, name: &str, caller: Caller) -> Result<()> {
@@ -366,11 +369,13 @@ impl CredFs {
             Node::Archive(bucket.clone(), name.into()),
             Node::Archive(bucket.clone(), new_name.into()),
         );
-        let moved = self.inodes.ino(&from);
+        let moved = self.inodes.peek(&from);
         if let Some(replaced) = self.inodes.rename(&from, &to) {
             self.published.forget(replaced);
         }
-        self.published.forget(moved);
+        if let Some(moved) = moved {
+            self.published.forget(moved);
+        }
         Ok(())
     }
 
@@ -384,4 +389,13 @@ fn invalid_archive_name(bucket: &str, name: &str) -> Error {
     Error::invalid(format!(
         "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
     ))
+}
+
+/// The upload's writer: the process whose close commits, and the uid whose
+/// pending-upload limit it counts against.
+fn writer(caller: Caller) -> crate::upload::Writer {
+    crate::upload::Writer {
+        process: caller.process(),
+        uid: caller.uid,
+    }
 }

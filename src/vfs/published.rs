@@ -129,6 +129,24 @@ impl Published {
         generation
     }
 
+    /// The kernel forgot `ino` (and with it every page it cached): nothing
+    /// about it needs remembering.
+    pub fn drop_inode(&self, ino: u64) {
+        let mut seen = self.seen();
+        if seen.get(&ino).is_some_and(|e| e.cached_handles.is_empty()) {
+            seen.remove(&ino);
+        }
+    }
+
+    /// How many inodes are tracked, for tests and benchmarks.
+    pub fn len(&self) -> usize {
+        self.seen().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Handle `fh` on content `fingerprint` of `ino` lets the kernel cache
     /// pages.
     pub fn claim(&self, fh: u64, ino: u64, fingerprint: u64) {

@@ -13,6 +13,7 @@ pub fn render(
     ns: &Namespace,
     uploads: &Uploads,
     audit: &AuditLog,
+    held_inodes: (usize, usize),
     last_error: Option<&EntryStatus>,
 ) -> Secret {
     let mut registries = Map::new();
@@ -58,6 +59,8 @@ pub fn render(
         "stores": stores,
         "secrets": secrets,
         "audit": audit_status(ns, audit),
+        // What a daemon running for months must keep bounded.
+        "inodes": { "held": held_inodes.0, "cache_tracked": held_inodes.1 },
     });
     let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
     text.push('\n');

@@ -1,19 +1,26 @@
-//! What /proc says of a caller: its other groups, its effective
-//! capabilities and its process. The kernel gives each request the pid of
-//! the calling *thread* as seen from the daemon's pid namespace (0 when it
-//! cannot be seen: no groups, no capabilities, no process).
+//! Who made a request, and what /proc says of them: their other groups,
+//! their effective capabilities, their process and its name. The kernel
+//! gives each request the pid of the calling *thread* as seen from the
+//! daemon's pid namespace (0 when it cannot be seen: no groups, no
+//! capabilities, no process). A leaf: it depends on nothing in the crate.
 
-use super::Caller;
+/// Who made a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
 
 #[derive(Default)]
-pub(super) struct ProcStatus {
+pub(crate) struct ProcStatus {
     pub groups: Vec<u32>,
     pub effective_caps: u64,
     /// The process (thread group) the thread belongs to.
     pub thread_group: Option<u32>,
 }
 
-pub(super) fn read_status(pid: u32) -> ProcStatus {
+pub(crate) fn read_status(pid: u32) -> ProcStatus {
     if pid == 0 {
         return ProcStatus::default();
     }
@@ -61,6 +68,17 @@ impl Caller {
     pub fn process(&self) -> u32 {
         read_status(self.pid).thread_group.unwrap_or(self.pid)
     }
+}
+
+/// The caller's command name; empty when the process is gone or outside
+/// the daemon's pid namespace.
+pub fn process_name(pid: u32) -> String {
+    if pid == 0 {
+        return String::new();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|name| name.trim_end().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
