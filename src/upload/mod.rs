@@ -9,8 +9,8 @@ pub mod zip_check;
 pub use pending::Pending;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::store::ProjectStore;
 use crate::store::{ObjectInfo, ObjectReader};
-use crate::vfs::namespace::Bucket;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -39,6 +39,13 @@ impl Default for Uploads {
     }
 }
 
+/// Where an upload goes: the bucket's store and its size limit.
+#[derive(Clone)]
+pub struct Destination {
+    pub store: Arc<dyn ProjectStore>,
+    pub max_object_size: Option<u64>,
+}
+
 /// Who writes: the process whose close commits, and the uid whose limit
 /// the upload counts against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +58,7 @@ pub struct Writer {
 /// keeps an existing archive (opened for writing without O_TRUNC, as `zip`
 /// does to test that it may) starts its upload only when it first writes.
 pub struct WriteHandle {
-    bucket_entry: Arc<Bucket>,
+    destination: Destination,
     pub bucket: String,
     pub name: String,
     /// The process (not the thread) that opened it, whose close commits,
@@ -195,7 +202,7 @@ impl Uploads {
     pub async fn open(
         &self,
         bucket_name: &str,
-        bucket: Arc<Bucket>,
+        destination: Destination,
         name: &str,
         truncate: bool,
         original: Option<Box<dyn ObjectReader>>,
@@ -203,7 +210,7 @@ impl Uploads {
     ) -> Result<Arc<WriteHandle>> {
         let lazy = original.is_some();
         let handle = Arc::new(WriteHandle {
-            bucket_entry: bucket,
+            destination,
             bucket: bucket_name.to_string(),
             name: name.to_string(),
             opener: writer,
@@ -234,10 +241,10 @@ impl Uploads {
                     Some(pending) => pending,
                     None => {
                         self.check_pending_limit(handle)?;
-                        let store = &handle.bucket_entry.store;
+                        let store = &handle.destination.store;
                         let upload = store.begin_upload(&handle.bucket, &handle.name).await?;
                         let pending = Arc::new(Pending::new(
-                            handle.bucket_entry.clone(),
+                            handle.destination.max_object_size,
                             upload,
                             handle.opener.uid,
                         ));
@@ -424,7 +431,7 @@ impl Uploads {
 /// Refused as soon as a write or a truncation crosses the limit, and again
 /// at commit.
 fn check_size(handle: &WriteHandle, size: u64) -> Result<()> {
-    match handle.bucket_entry.max_object_size {
+    match handle.destination.max_object_size {
         Some(max) if size > max => Err(Error::new(
             ErrorKind::TooBig,
             format!(
@@ -454,20 +461,16 @@ async fn copy_into(pending: &Pending, reader: &dyn ObjectReader) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Access;
     use crate::store::FilesystemStore;
 
-    async fn bucket(root: &std::path::Path) -> Arc<Bucket> {
+    async fn bucket(root: &std::path::Path) -> Destination {
         let store = FilesystemStore::open(root.to_path_buf(), &["b".to_string()], false)
             .await
             .unwrap();
-        Arc::new(Bucket {
-            store_name: "disk".into(),
+        Destination {
             store: Arc::new(store),
-            read_only: false,
             max_object_size: None,
-            access: Access::default(),
-        })
+        }
     }
 
     /// Files in `dir` and in the daemon's own directory in it, its lock

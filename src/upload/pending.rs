@@ -4,13 +4,12 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{ObjectInfo, Upload};
-use crate::vfs::namespace::Bucket;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 pub struct Pending {
-    pub bucket: Arc<Bucket>,
+    max_object_size: Option<u64>,
     /// The uid whose pending-upload limit this counts against.
     pub owner: u32,
     /// `None` once committed or aborted.
@@ -21,9 +20,9 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(bucket: Arc<Bucket>, upload: Box<dyn Upload>, owner: u32) -> Self {
+    pub fn new(max_object_size: Option<u64>, upload: Box<dyn Upload>, owner: u32) -> Self {
         Pending {
-            bucket,
+            max_object_size,
             owner,
             upload: tokio::sync::Mutex::new(Some(upload)),
             len: AtomicU64::new(0),
@@ -92,7 +91,7 @@ impl Pending {
     }
 
     pub async fn set_len(&self, len: u64) -> Result<()> {
-        if let Some(max) = self.bucket.max_object_size.filter(|max| len > *max) {
+        if let Some(max) = self.max_object_size.filter(|max| len > *max) {
             return Err(Error::new(
                 ErrorKind::TooBig,
                 format!("{len} bytes is larger than the store's max_object_size of {max} bytes"),

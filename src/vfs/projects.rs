@@ -108,7 +108,7 @@ impl CredFs {
                 .uploads
                 .open(
                     &bucket,
-                    entry,
+                    destination(&entry),
                     name,
                     flags.truncate,
                     original,
@@ -173,7 +173,14 @@ impl CredFs {
         let ownership = self.ownership(&ns, &node);
         let handle = self
             .uploads
-            .open(&bucket, entry, name, true, None, writer(caller))
+            .open(
+                &bucket,
+                destination(&entry),
+                name,
+                true,
+                None,
+                writer(caller),
+            )
             .await?;
         let attr = Attr {
             ino: self.inodes.lookup(&node),
@@ -389,6 +396,13 @@ fn invalid_archive_name(bucket: &str, name: &str) -> Error {
     Error::invalid(format!(
         "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
     ))
+}
+
+fn destination(bucket: &Bucket) -> crate::upload::Destination {
+    crate::upload::Destination {
+        store: bucket.store.clone(),
+        max_object_size: bucket.max_object_size,
+    }
 }
 
 /// The upload's writer: the process whose close commits, and the uid whose
