@@ -157,9 +157,23 @@ pub fn open_dir(path: &Path) -> Result<OwnedFd, Distrust> {
 /// Opens (making it when missing) the directory `name` inside the trusted
 /// directory `parent` (shown as `shown`), with the same checks.
 pub fn open_subdir(parent: &OwnedFd, shown: &Path, name: &str) -> Result<OwnedFd, Distrust> {
+    subdir(parent, shown, name, true)
+}
+
+/// `open_subdir` of a directory that must exist already: one that was
+/// just removed is not made again.
+pub fn open_existing_subdir(
+    parent: &OwnedFd,
+    shown: &Path,
+    name: &str,
+) -> Result<OwnedFd, Distrust> {
+    subdir(parent, shown, name, false)
+}
+
+fn subdir(parent: &OwnedFd, shown: &Path, name: &str, create: bool) -> Result<OwnedFd, Distrust> {
     let at = shown.join(name);
     let mut opened = open_entry(parent.as_fd(), OsStr::new(name), &at, true);
-    if matches!(&opened, Err(d) if is_missing(d)) {
+    if create && matches!(&opened, Err(d) if is_missing(d)) {
         make_dir(parent.as_fd(), OsStr::new(name), &at)?;
         opened = open_entry(parent.as_fd(), OsStr::new(name), &at, true);
     }

@@ -222,3 +222,28 @@ fn blobs_of_edge_sizes_read_back_identical() {
         assert_eq!(sha256(&mounted), sha256(&local), "size {size}");
     }
 }
+
+/// One handle reads one version: once the blob is replaced, a read that
+/// needs a new GET fails with EIO (If-Match on the ETag seen at open)
+/// instead of mixing in the new bytes; a fresh open reads the new blob.
+#[test]
+fn a_handle_never_mixes_two_versions_of_a_blob() {
+    let setup = start();
+    let old = make_zip(&setup.src, "a.zip", 20 << 20);
+    let new = make_zip(&setup.src, "b.zip", 20 << 20);
+    assert_eq!(
+        fs::metadata(&old).unwrap().len(),
+        fs::metadata(&new).unwrap().len()
+    );
+    let target = setup.mounted("x.zip");
+    assert!(cp(&old, &target).status.success());
+    assert_eq!(
+        replaced_mid_read(&target, &old, &new),
+        format!("errno {}", libc::EIO)
+    );
+    assert_eq!(
+        sha256(&target),
+        sha256(&new),
+        "a fresh open reads the new blob"
+    );
+}

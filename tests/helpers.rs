@@ -989,6 +989,53 @@ impl Drop for StopsOnDrop {
     }
 }
 
+/// A stat that failed reported size 0: the kernel must not keep that size
+/// and serve the next open as an empty file once the helper works again.
+/// Each round uses a registry never read before, so its stat does fail.
+#[test]
+fn an_open_after_a_failed_stat_reads_the_whole_token() {
+    const ROUNDS: usize = 20;
+    let mut marker = PathBuf::new();
+    let daemon = start(|dir| {
+        marker = dir.join("fail");
+        let helper = script(
+            dir,
+            "flaky",
+            &format!(
+                "if [ -e {} ]; then echo down >&2; exit 1; fi\necho '{{\"username\": \"u\", \"password\": \"{SECRET}\"}}'\n",
+                dir.join("fail").display()
+            ),
+        );
+        (0..ROUNDS)
+            .map(|i| helper_entry(&format!("x{i}"), &helper, ""))
+            .collect()
+    });
+    for i in 0..ROUNDS {
+        let token = daemon.path(&format!("registries/x{i}/token"));
+        fs::write(&marker, "").unwrap();
+        assert_eq!(
+            fs::metadata(&token).unwrap().len(),
+            0,
+            "round {i}: the failed stat"
+        );
+        fs::remove_file(&marker).unwrap();
+        // A refresh skips the rest after the failure, so the read comes at
+        // once, inside the attribute's 1 s.
+        let refresh = sh(&format!(
+            "echo 1 > {}",
+            daemon.path(&format!("registries/x{i}/refresh")).display()
+        ));
+        assert!(refresh.status.success(), "{}", stderr(&refresh));
+        let out = run("cat", &[&token.to_string_lossy()]);
+        assert!(out.status.success(), "round {i}: {}", stderr(&out));
+        assert_eq!(
+            out.stdout,
+            SECRET.as_bytes(),
+            "round {i}: a read after a failed stat"
+        );
+    }
+}
+
 #[test]
 fn an_expiry_beyond_year_9999_is_clamped_not_a_crash() {
     let daemon = start(|dir| {

@@ -26,13 +26,23 @@ fn start() -> (Daemon, PathBuf) {
     (daemon, src)
 }
 
-/// What the store holds for bucket `b`, hidden upload files included.
+/// What the store holds for bucket `b`, hidden upload files included
+/// (the daemon's own directory is not an archive: only what is in it).
 fn stored(daemon: &Daemon) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(daemon.store().join("b"))
+    let bucket = daemon.store().join("b");
+    let mut names: Vec<String> = fs::read_dir(&bucket)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(".credfs-instance-"))
+        .chain(
+            spool_files(&bucket)
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned()),
+        )
         .collect();
     names.sort();
+    names.dedup();
     names
 }
 
@@ -391,9 +401,18 @@ fn concurrent_readers_and_writers_see_no_error_and_intact_archives() {
 fn leftover_uploads_of_a_crashed_daemon_are_removed_at_start() {
     let mut daemon = Daemon::prepare(CONFIG);
     fs::create_dir_all(daemon.store().join("b")).unwrap();
+    // A loose file of an older version, and a dead daemon's directory.
     fs::write(daemon.store().join("b/.credfs-upload-123-0"), "partial").unwrap();
+    let dead = daemon.store().join("b/.credfs-instance-1-dead");
+    fs::create_dir_all(&dead).unwrap();
+    fs::write(dead.join("lock"), "").unwrap();
+    fs::write(dead.join(".credfs-upload-0"), "partial").unwrap();
     daemon.spawn();
-    assert!(stored(&daemon).is_empty());
+    wait_for(
+        "the leftovers to go",
+        std::time::Duration::from_secs(10),
+        || stored(&daemon).is_empty() && !dead.exists(),
+    );
     let _: &Path = daemon.mnt.as_path();
 }
 
@@ -475,4 +494,99 @@ fn a_replaced_archive_is_never_read_stale() {
             "round {round}"
         );
     }
+}
+
+/// An upload in flight outlives `check --probe`, a reload that reopens its
+/// store, and a second daemon on the same store: each daemon removes only
+/// what it owns or what a dead daemon left.
+#[test]
+fn an_upload_in_flight_survives_a_probe_a_reload_and_a_second_daemon() {
+    let (mut daemon, src) = start();
+    let zip = make_zip(&src, "live.zip", 1 << 20);
+    let body = format!("f.write(open({:?}, 'rb').read())", zip.to_string_lossy());
+    let writer = PausedWriter::start(
+        &daemon.path("projects/b/live.zip"),
+        &src.join("go"),
+        &body,
+        "",
+    );
+    let bucket = daemon.store().join("b");
+    let live = spool_files(&bucket);
+    assert_eq!(live.len(), 1, "the upload's spool file");
+
+    let out = probe(&daemon.config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(spool_files(&bucket), live, "after check --probe");
+
+    let config = fs::read_to_string(&daemon.config).unwrap();
+    let edited = config
+        .replace("max_object_size = \"2MiB\"", "max_object_size = \"3MiB\"")
+        .replace(
+            "buckets = [\"b\", \"other\"]",
+            "buckets = [\"b\", \"other\", \"added\"]",
+        );
+    assert_ne!(edited, config);
+    fs::write(&daemon.config, &edited).unwrap();
+    wait_for("the reload", std::time::Duration::from_secs(10), || {
+        daemon.path("projects/added").exists()
+    });
+    assert_eq!(
+        spool_files(&bucket),
+        live,
+        "after a reload reopened the store"
+    );
+
+    // The second daemon sweeps a dead daemon's directory, not the live one.
+    let dead = bucket.join(".credfs-instance-1-dead");
+    fs::create_dir(&dead).unwrap();
+    fs::write(dead.join("lock"), "").unwrap();
+    fs::write(dead.join(".credfs-upload-0"), "partial").unwrap();
+    let mut second = Daemon::prepare(&edited);
+    second.spawn();
+    wait_for(
+        "the second daemon's sweep",
+        std::time::Duration::from_secs(10),
+        || !dead.exists(),
+    );
+    assert_eq!(spool_files(&bucket), live, "after a second daemon started");
+
+    assert_eq!(writer.finish(), "closed");
+    assert_eq!(sha256(&bucket.join("live.zip")), sha256(&zip));
+    assert_eq!(sha256(&second.path("projects/b/live.zip")), sha256(&zip));
+    assert!(spool_files(&bucket).is_empty());
+    // A clean stop takes its own empty directory with it.
+    assert_eq!(instance_dirs(&bucket).len(), 1);
+    assert!(daemon.stop().success());
+    assert!(second.stop().success());
+    assert!(
+        instance_dirs(&bucket).is_empty(),
+        "{:?}",
+        instance_dirs(&bucket)
+    );
+}
+
+/// A daemon killed mid-upload leaves its spool file; the next start
+/// removes it (its lock died with it).
+#[test]
+fn a_killed_daemons_spool_is_removed_at_the_next_start() {
+    let (mut daemon, src) = start();
+    let zip = make_zip(&src, "k.zip", 1 << 20);
+    let body = format!("f.write(open({:?}, 'rb').read())", zip.to_string_lossy());
+    let writer = PausedWriter::start(&daemon.path("projects/b/k.zip"), &src.join("go"), &body, "");
+    let bucket = daemon.store().join("b");
+    assert_eq!(spool_files(&bucket).len(), 1);
+    daemon.crash();
+    drop(writer);
+    assert_eq!(spool_files(&bucket).len(), 1, "left by the killed daemon");
+    daemon.spawn();
+    wait_for(
+        "the dead daemon's directory to go",
+        std::time::Duration::from_secs(10),
+        || instance_dirs(&bucket).is_empty(),
+    );
+    assert!(stored(&daemon).is_empty(), "{:?}", stored(&daemon));
 }

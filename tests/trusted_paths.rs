@@ -443,7 +443,7 @@ fn an_upload_is_sent_from_the_checked_descriptor_not_by_name() {
          data = open({zip:?}, 'rb').read()\n\
          f = os.open({staging:?}, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)\n\
          os.write(f, data)\n\
-         [name] = glob.glob({spool:?} + '/.credfs-upload-*')\n\
+         [name] = glob.glob({spool:?} + '/.credfs-instance-*/.credfs-upload-*')\n\
          os.rename(name, name + '.moved')\n\
          with open(name, 'wb') as impostor: impostor.write(b'X' * len(data))\n\
          os.close(f)\n\

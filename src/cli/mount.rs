@@ -56,6 +56,7 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
     let served = runtime.block_on(serve(config, watcher, mountpoint));
     // Blocking storage calls still running must not keep a stopping daemon.
     runtime.shutdown_timeout(Duration::from_secs(2));
+    crate::store::release();
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

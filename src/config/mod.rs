@@ -8,7 +8,7 @@ mod values;
 pub mod watch;
 
 pub use crate::names::check_name;
-pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse};
+pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse, state_dir};
 pub use values::{parse_duration, parse_size};
 
 use crate::secret::Secret;

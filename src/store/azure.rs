@@ -4,8 +4,10 @@
 //! `<prefix><name>.zip`. Reads stream like S3's; uploads go through a spool
 //! file like S3's: full blocks are sent while an archive is written and
 //! the block list committed after its check (one PUT when small), aborted
-//! on failure.
+//! on failure. A reader's GETs carry `If-Match` with the ETag of the HEAD
+//! at open: one handle, one version.
 
+use super::instance;
 use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
 use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
 use super::streaming::{Body, RangeSource, StreamingReader};
@@ -103,7 +105,6 @@ impl AzureStore {
             stores.insert(container.clone(), Arc::new(store) as Arc<dyn ObjectStore>);
         }
         let spool_dir = TrustedDir::open(&settings.spool_dir, "spool directory")?;
-        SpoolFile::clean(&spool_dir)?;
         Ok(AzureStore {
             containers: stores,
             prefix: settings.prefix,
@@ -126,6 +127,7 @@ fn info_of(meta: &object_store::ObjectMeta) -> ObjectInfo {
     ObjectInfo {
         size: meta.size,
         modified: SystemTime::from(meta.last_modified),
+        version: meta.e_tag.as_deref().map_or(0, super::version_of),
     }
 }
 
@@ -161,21 +163,31 @@ impl ProjectStore for AzureStore {
         }
     }
 
+    /// Every GET of the handle must match the ETag seen here.
     async fn open(&self, container: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
-        let info = self
-            .stat(container, name)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("{container}/{name}")))?;
+        let what = format!("{container}/{name}");
+        if !crate::upload::is_archive_name(name) {
+            return Err(Error::not_found(what));
+        }
+        let store = self.container(container)?.clone();
+        let path = self.path(name);
+        let meta = store.head(&path).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => Error::not_found(what.clone()),
+            e => azure_error("HEAD", &what, e),
+        })?;
         let source = Blob {
-            store: self.container(container)?.clone(),
-            path: self.path(name),
-            what: format!("{container}/{name}"),
+            store,
+            path,
+            etag: meta.e_tag.clone(),
+            what,
         };
-        Ok(Box::new(StreamingReader::new(source, info)))
+        Ok(Box::new(StreamingReader::new(source, info_of(&meta))))
     }
 
     async fn begin_upload(&self, container: &str, name: &str) -> Result<Box<dyn Upload>> {
-        let spool = SpoolFile::create(&self.spool_dir).await?;
+        let spool_dir = self.spool_dir.clone();
+        let own = super::blocking(move || instance::claim(&spool_dir, "spool directory")).await?;
+        let spool = SpoolFile::create(&own).await?;
         let target = Container {
             store: self.container(container)?.clone(),
             name: container.to_string(),
@@ -183,6 +195,17 @@ impl ProjectStore for AzureStore {
         };
         let committer = StreamingCommit::begin(target, &spool, name);
         Ok(Box::new(SpooledUpload::new(spool, committer)))
+    }
+
+    /// Blocks a dead daemon left uncommitted cost little and Azure drops
+    /// them after a week: only spool files are swept.
+    async fn sweep(&self) {
+        let spool_dir = self.spool_dir.clone();
+        let _ = super::blocking(move || {
+            instance::sweep(&spool_dir, "spool directory");
+            Ok(())
+        })
+        .await;
     }
 
     async fn delete(&self, container: &str, name: &str) -> Result<()> {
@@ -208,7 +231,19 @@ impl ProjectStore for AzureStore {
 struct Blob {
     store: Arc<dyn ObjectStore>,
     path: ObjectPath,
+    /// The version the handle reads.
+    etag: Option<String>,
     what: String,
+}
+
+impl Blob {
+    /// EIO: the handle never mixes the bytes of two versions.
+    fn replaced(&self) -> Error {
+        Error::provider(format!(
+            "{} was replaced since it was opened; open it again",
+            self.what
+        ))
+    }
 }
 
 #[async_trait]
@@ -216,13 +251,20 @@ impl RangeSource for Blob {
     async fn stream_from(&self, offset: u64) -> Result<Body> {
         let options = GetOptions {
             range: Some(GetRange::Offset(offset)),
+            if_match: self.etag.clone(),
             ..GetOptions::default()
         };
         let result = self
             .store
             .get_opts(&self.path, options)
             .await
-            .map_err(|e| azure_error("GET", &self.what, e))?;
+            .map_err(|e| match e {
+                object_store::Error::Precondition { .. } => self.replaced(),
+                e => azure_error("GET", &self.what, e),
+            })?;
+        if self.etag.is_some() && result.meta.e_tag != self.etag {
+            return Err(self.replaced());
+        }
         let what = self.what.clone();
         Ok(result
             .into_stream()

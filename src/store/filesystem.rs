@@ -7,6 +7,7 @@
 //! archive, and is neither listed nor served (ENOENT); a delete or rename
 //! of such a name acts on the link itself.
 
+use super::instance;
 use super::spool::{Committer, SpoolFile, SpooledUpload, TrustedDir, read_full_at};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload, blocking};
 use crate::error::{Error, Result};
@@ -27,8 +28,8 @@ pub struct FilesystemStore {
 }
 
 impl FilesystemStore {
-    /// Opens the root and the bucket directories (making missing ones)
-    /// and removes uploads a crashed daemon left behind.
+    /// Opens the root and the bucket directories (making missing ones).
+    /// Removes nothing: `check --probe` and reloads open stores too.
     pub async fn open(root: PathBuf, buckets: &[String], sync: bool) -> Result<Self> {
         let names = buckets.to_vec();
         let buckets = blocking(move || {
@@ -36,7 +37,6 @@ impl FilesystemStore {
             let mut dirs = BTreeMap::new();
             for name in names {
                 let dir = root.subdir(&name, "bucket directory")?;
-                SpoolFile::clean(&dir)?;
                 dirs.insert(name, Arc::new(dir));
             }
             Ok(dirs)
@@ -63,6 +63,8 @@ fn info_of(stat: &Stat) -> ObjectInfo {
     ObjectInfo {
         size: stat.st_size.max(0) as u64,
         modified,
+        // A replacement is a rename onto the name: a new inode.
+        version: stat.st_ino,
     }
 }
 
@@ -133,14 +135,29 @@ impl ProjectStore for FilesystemStore {
         .await
     }
 
+    /// The spool is in this daemon's own directory inside the bucket
+    /// directory: on the same filesystem, so the commit is a rename.
     async fn begin_upload(&self, bucket: &str, _name: &str) -> Result<Box<dyn Upload>> {
         let dir = self.bucket(bucket)?;
-        let spool = SpoolFile::create(&dir).await?;
+        let bucket_dir = dir.clone();
+        let own = blocking(move || instance::claim(&bucket_dir, "bucket directory")).await?;
+        let spool = SpoolFile::create(&own).await?;
         let committer = RenameInto {
             dir,
             sync: self.sync,
         };
         Ok(Box::new(SpooledUpload::new(spool, committer)))
+    }
+
+    async fn sweep(&self) {
+        let dirs: Vec<Arc<TrustedDir>> = self.buckets.values().cloned().collect();
+        let _ = blocking(move || {
+            for dir in dirs {
+                instance::sweep(&dir, "bucket directory");
+            }
+            Ok(())
+        })
+        .await;
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<()> {
@@ -195,6 +212,7 @@ impl Committer for RenameInto {
         Ok(ObjectInfo {
             size: metadata.len(),
             modified: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            version: std::os::unix::fs::MetadataExt::ino(&metadata),
         })
     }
 }

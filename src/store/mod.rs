@@ -4,12 +4,15 @@
 
 mod azure;
 mod filesystem;
+mod instance;
+mod journal;
 mod part_streamer;
 mod s3;
 mod spool;
 mod streaming;
 
 pub use filesystem::FilesystemStore;
+pub use instance::release;
 
 use crate::config::{StoreConfig, StoreProviderConfig};
 use crate::error::{Error, Result};
@@ -21,6 +24,18 @@ use std::time::SystemTime;
 pub struct ObjectInfo {
     pub size: u64,
     pub modified: SystemTime,
+    /// Tells two objects of the same size and time apart (S3's times have
+    /// 1 s steps): a hash of the ETag, the file's inode number; 0 when the
+    /// store cannot tell.
+    pub version: u64,
+}
+
+/// An object's `version` from its ETag.
+pub(crate) fn version_of(etag: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    etag.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[async_trait]
@@ -35,6 +50,11 @@ pub trait ProjectStore: Send + Sync {
     async fn begin_upload(&self, bucket: &str, name: &str) -> Result<Box<dyn Upload>>;
     async fn delete(&self, bucket: &str, name: &str) -> Result<()>;
     async fn rename(&self, bucket: &str, from: &str, to: &str) -> Result<ObjectInfo>;
+    /// Removes what daemons that are gone left behind (spool files, and
+    /// where the provider bills for them, unfinished multipart uploads);
+    /// never anything of a live daemon. Run by the daemon for each store it
+    /// opens, never by `check --probe`.
+    async fn sweep(&self) {}
 }
 
 #[async_trait]
@@ -84,6 +104,7 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn ProjectStore>> {
                 part_size: *part_size,
                 checksums: *checksums,
                 spool_dir: spool_dir.clone(),
+                buckets: config.buckets.clone(),
             };
             Ok(Arc::new(s3::S3Store::open(settings).await?))
         }

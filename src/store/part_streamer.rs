@@ -288,6 +288,7 @@ impl<T: PartTarget> Committer for StreamingCommit<T> {
         Ok(ObjectInfo {
             size,
             modified: std::time::SystemTime::now(),
+            version: 0,
         })
     }
 

@@ -3,14 +3,18 @@
 //! ranged GET from its position (read-ahead bounded by TCP's window) and
 //! keeps the last 8 MiB, so memory stays bounded whatever the object size;
 //! a seek starts a new GET. Few GETs matter: some S3-compatibles pay a
-//! whole-object cost per request.
+//! whole-object cost per request. Every GET of one handle asks for the
+//! ETag its first GET returned (`If-Match`), so a handle never mixes two
+//! versions of an object.
 //! Uploads are written to a local spool file. While an archive is being
 //! written, each full part goes up as part of a multipart upload; commit
 //! checks the archive, sends the rest and completes it (a small archive is
 //! one PUT). A write back into a part already sent, or a rename to another
 //! name, makes commit start over from the spool. Any failure aborts the
 //! multipart upload, so nothing is visible at the key until the archive is
-//! checked and complete.
+//! checked and complete. Each multipart upload is in the journal
+//! (`journal`) until it is completed or aborted, so that the next start
+//! aborts those a dead daemon left.
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
@@ -18,6 +22,7 @@ use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
 use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
+use super::{instance, journal};
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -41,13 +46,22 @@ pub struct S3Settings {
     pub part_size: u64,
     pub checksums: bool,
     pub spool_dir: PathBuf,
+    pub buckets: Vec<String>,
 }
 
 pub struct S3Store {
     client: Client,
     prefix: String,
     part_size: u64,
+    /// The spool directory; uploads go to this daemon's own in it.
     spool_dir: Arc<TrustedDir>,
+    /// The endpoint as the multipart journal names it.
+    endpoint: String,
+    buckets: Vec<String>,
+    /// Whether listings carry ETags (s3s-fs's do not): a reader's version
+    /// goes into the page-cache fingerprint only then, so that a stat and
+    /// an open of the same object agree.
+    listed_etags: std::sync::atomic::AtomicBool,
 }
 
 fn text(secret: &Secret) -> String {
@@ -122,13 +136,73 @@ impl S3Store {
                 );
         }
         let spool_dir = TrustedDir::open(&settings.spool_dir, "spool directory")?;
-        SpoolFile::clean(&spool_dir)?;
         Ok(S3Store {
             client: Client::from_conf(config.build()),
             prefix: settings.prefix,
             part_size: settings.part_size,
             spool_dir: Arc::new(spool_dir),
+            endpoint: settings.endpoint_url.unwrap_or_else(|| "aws".into()),
+            buckets: settings.buckets,
+            listed_etags: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The page-cache version of an object with `etag`; `listed`: the
+    /// ETag comes from a listing (else from a GET).
+    fn version(&self, etag: Option<&str>, listed: bool) -> u64 {
+        use std::sync::atomic::Ordering;
+        if listed && etag.is_some() {
+            self.listed_etags.store(true, Ordering::Relaxed);
+        }
+        match etag {
+            Some(etag) if self.listed_etags.load(Ordering::Relaxed) => super::version_of(etag),
+            _ => 0,
+        }
+    }
+
+    /// Aborts the multipart uploads of dead daemons to this store's
+    /// buckets, as their journal lists them.
+    async fn abort_orphans(&self) {
+        let (endpoint, buckets) = (self.endpoint.clone(), self.buckets.clone());
+        let orphans = super::blocking(move || {
+            journal::orphans(|r| r.endpoint == endpoint && buckets.contains(&r.bucket))
+        })
+        .await;
+        let orphans = match orphans {
+            Ok(orphans) => orphans,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the multipart journal");
+                return;
+            }
+        };
+        for orphan in orphans {
+            let record = &orphan.record;
+            let what = format!("s3://{}/{}", record.bucket, record.key);
+            let aborted = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&record.bucket)
+                .key(&record.key)
+                .upload_id(&record.upload_id)
+                .send()
+                .await;
+            match aborted {
+                Ok(_) => {
+                    tracing::info!(upload = %what, "aborted the multipart upload of a stopped daemon")
+                }
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+                Err(e) => {
+                    // Kept: the next start tries again.
+                    tracing::warn!(error = %s3_error("AbortMultipartUpload", &what, e), "cannot abort the multipart upload of a stopped daemon");
+                    continue;
+                }
+            }
+            let _ = super::blocking(move || {
+                orphan.forget();
+                Ok(())
+            })
+            .await;
+        }
     }
 
     fn key(&self, name: &str) -> String {
@@ -160,6 +234,7 @@ impl ProjectStore for S3Store {
                 let info = ObjectInfo {
                     size: object.size().unwrap_or(0).max(0) as u64,
                     modified: modified(object.last_modified()),
+                    version: self.version(object.e_tag(), true),
                 };
                 objects.push((name.to_string(), info));
             }
@@ -191,11 +266,13 @@ impl ProjectStore for S3Store {
             .map(|object| ObjectInfo {
                 size: object.size().unwrap_or(0).max(0) as u64,
                 modified: modified(object.last_modified()),
+                version: self.version(object.e_tag(), true),
             }))
     }
 
-    /// Starts the first GET at once and learns the size from it: a HEAD
-    /// first would cost a request (a whole-object one on some servers).
+    /// Starts the first GET at once and learns the size and ETag from it: a
+    /// HEAD first would cost a request (a whole-object one on some
+    /// servers). Every later GET of the handle must match that ETag.
     async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
         if !crate::upload::is_archive_name(name) {
             return Err(Error::not_found(format!(
@@ -203,10 +280,11 @@ impl ProjectStore for S3Store {
                 self.key(name)
             )));
         }
-        let source = S3Object {
+        let mut source = S3Object {
             client: self.client.clone(),
             bucket: bucket.to_string(),
             key: self.key(name),
+            etag: None,
         };
         let first = self
             .client
@@ -216,24 +294,39 @@ impl ProjectStore for S3Store {
             .send()
             .await
             .map_err(|e| s3_error("GetObject", &source.describe(), e))?;
+        source.etag = first.e_tag().map(str::to_string);
         let info = ObjectInfo {
             size: first.content_length().unwrap_or(0).max(0) as u64,
             modified: modified(first.last_modified()),
+            version: self.version(first.e_tag(), false),
         };
         let body = S3Object::chunks(first.body, source.describe());
         Ok(Box::new(StreamingReader::with_body(source, info, body)))
     }
 
     async fn begin_upload(&self, bucket: &str, name: &str) -> Result<Box<dyn Upload>> {
-        let spool = SpoolFile::create(&self.spool_dir).await?;
+        let spool_dir = self.spool_dir.clone();
+        let own = super::blocking(move || instance::claim(&spool_dir, "spool directory")).await?;
+        let spool = SpoolFile::create(&own).await?;
         let target = S3Bucket {
             client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
             bucket: bucket.to_string(),
             prefix: self.prefix.clone(),
             part_size: self.part_size,
         };
         let committer = StreamingCommit::begin(target, &spool, name);
         Ok(Box::new(SpooledUpload::new(spool, committer)))
+    }
+
+    async fn sweep(&self) {
+        let spool_dir = self.spool_dir.clone();
+        let _ = super::blocking(move || {
+            instance::sweep(&spool_dir, "spool directory");
+            Ok(())
+        })
+        .await;
+        self.abort_orphans().await;
     }
 
     async fn delete(&self, bucket: &str, name: &str) -> Result<()> {
@@ -283,9 +376,19 @@ struct S3Object {
     client: Client,
     bucket: String,
     key: String,
+    /// The version the handle reads; `None` when the server gave none.
+    etag: Option<String>,
 }
 
 impl S3Object {
+    /// EIO: the handle never mixes the bytes of two versions.
+    fn replaced(&self) -> Error {
+        Error::provider(format!(
+            "{} was replaced since it was opened; open it again",
+            self.describe()
+        ))
+    }
+
     fn chunks(body: ByteStream, what: String) -> Body {
         let chunks = futures::stream::unfold(Some(body), move |body| {
             let what = what.clone();
@@ -314,9 +417,17 @@ impl RangeSource for S3Object {
             .bucket(&self.bucket)
             .key(&self.key)
             .range(format!("bytes={offset}-"))
+            .set_if_match(self.etag.clone())
             .send()
             .await
-            .map_err(|e| s3_error("GetObject", &self.describe(), e))?;
+            .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(412) => self.replaced(),
+                _ => s3_error("GetObject", &self.describe(), e),
+            })?;
+        // Checked here too: not every S3-compatible honours If-Match.
+        if self.etag.is_some() && object.e_tag() != self.etag.as_deref() {
+            return Err(self.replaced());
+        }
         Ok(Self::chunks(object.body, self.describe()))
     }
 
@@ -328,6 +439,7 @@ impl RangeSource for S3Object {
 /// One bucket, as the part streamer sees it.
 struct S3Bucket {
     client: Client,
+    endpoint: String,
     bucket: String,
     prefix: String,
     part_size: u64,
@@ -346,6 +458,7 @@ impl PartTarget for S3Bucket {
     fn sinks(&self, key: &str) -> Arc<dyn PartSinks> {
         Arc::new(S3Parts {
             client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
             bucket: self.bucket.clone(),
             key: key.to_string(),
         })
@@ -367,6 +480,7 @@ impl PartTarget for S3Bucket {
 /// Multipart uploads to one key.
 struct S3Parts {
     client: Client,
+    endpoint: String,
     bucket: String,
     key: String,
 }
@@ -389,7 +503,20 @@ impl PartSinks for S3Parts {
                 Error::provider(format!("S3 CreateMultipartUpload {what}: no upload id"))
             })?
             .to_string();
+        let record = journal::Record {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            upload_id: upload_id.clone(),
+        };
+        // Without a journal the upload still goes ahead: only a crash in
+        // the middle of it would then leave its parts.
+        let entry = super::blocking(move || journal::record(&record))
+            .await
+            .map_err(|e| tracing::warn!(error = %e, "cannot journal a multipart upload"))
+            .ok();
         Ok(Box::new(S3PartSink {
+            entry,
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: self.key.clone(),
@@ -407,6 +534,8 @@ impl PartSinks for S3Parts {
 const PARTS_IN_FLIGHT: usize = 2;
 
 struct S3PartSink {
+    /// Removed once the upload is completed or aborted.
+    entry: Option<journal::Entry>,
     client: Client,
     bucket: String,
     key: String,
@@ -446,6 +575,17 @@ impl S3PartSink {
         Ok(())
     }
 
+    /// The upload is over: its journal entry goes.
+    async fn forget(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            let _ = super::blocking(move || {
+                entry.remove();
+                Ok(())
+            })
+            .await;
+        }
+    }
+
     async fn collect_one(&mut self) -> Result<()> {
         if let Some(done) = self.in_flight.join_next().await {
             let part = done.map_err(|e| Error::provider(format!("UploadPart task: {e}")))??;
@@ -479,6 +619,7 @@ impl PartSink for S3PartSink {
             .send()
             .await
             .map_err(|e| s3_error("CompleteMultipartUpload", &self.what, e))?;
+        self.forget().await;
         Ok(())
     }
 
@@ -495,23 +636,35 @@ impl PartSink for S3PartSink {
             .key(&self.key)
             .upload_id(&self.upload_id);
         if request.clone().send().await.is_ok() {
+            self.forget().await;
             return;
         }
         let what = self.what.clone();
+        let entry = self.entry.take();
         tokio::spawn(async move {
             let mut delay = ABORT_RETRY_FIRST;
             let deadline = tokio::time::Instant::now() + ABORT_RETRY_FOR;
-            while tokio::time::Instant::now() < deadline {
+            let mut aborted = false;
+            while !aborted && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(delay).await;
                 match request.clone().send().await {
-                    Ok(_) => return,
+                    Ok(_) => aborted = true,
                     Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
-                        return;
+                        aborted = true;
                     }
                     Err(_) => delay = (delay * 2).min(ABORT_RETRY_MAX),
                 }
             }
-            tracing::warn!(upload = %what, "could not abort a failed multipart upload; its parts remain");
+            if !aborted {
+                // The journal entry stays: the next start tries again.
+                tracing::warn!(upload = %what, "could not abort a failed multipart upload; the next start retries");
+            } else if let Some(entry) = entry {
+                let _ = super::blocking(move || {
+                    entry.remove();
+                    Ok(())
+                })
+                .await;
+            }
         });
     }
 }

@@ -1,6 +1,7 @@
 //! A local file holding an upload until it commits: written at any offset,
 //! readable (for the archive check). Removed when dropped unless kept by a
-//! commit.
+//! commit. Spool files are made in the daemon's own directory (`instance`),
+//! so that no other daemon or command removes one in use.
 
 use super::blocking;
 use crate::error::{Error, Result};
@@ -13,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Names of spool files; a store removes leftovers of a crash at start.
+/// Names of spool files, in the directory of the daemon that writes them
+/// (`instance`).
 pub const SPOOL_PREFIX: &str = ".credfs-upload-";
 
 /// A directory opened through `trust`: spool files are made, renamed and
@@ -42,6 +44,19 @@ impl TrustedDir {
         let fd = trust::open_subdir(&self.fd, &self.shown, name)
             .map_err(|d| untrusted(&d, what, &shown))?;
         Ok(TrustedDir { fd, shown })
+    }
+
+    /// `subdir` of a directory that exists: none is made.
+    pub fn existing_subdir(&self, name: &str, what: &str) -> Result<TrustedDir> {
+        let shown = self.shown.join(name);
+        let fd = trust::open_existing_subdir(&self.fd, &self.shown, name)
+            .map_err(|d| untrusted(&d, what, &shown))?;
+        Ok(TrustedDir { fd, shown })
+    }
+
+    /// The path it was opened by, for messages and a last `rmdir`.
+    pub fn path(&self) -> &Path {
+        &self.shown
     }
 
     pub fn fd(&self) -> &OwnedFd {
@@ -110,16 +125,6 @@ impl SpoolFile {
             })
         })
         .await
-    }
-
-    /// Removes what a crashed daemon left in `dir`.
-    pub fn clean(dir: &TrustedDir) -> Result<()> {
-        for name in dir.names()? {
-            if name.starts_with(SPOOL_PREFIX) {
-                let _ = dir.unlink(&name);
-            }
-        }
-        Ok(())
     }
 
     /// The open file, for sending it: the bytes that were checked.

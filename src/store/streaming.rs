@@ -191,6 +191,7 @@ mod tests {
             ObjectInfo {
                 size,
                 modified: std::time::SystemTime::UNIX_EPOCH,
+                version: 0,
             },
         );
         let chunk = 128 << 10;

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{ObjectInfo, Upload};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 pub struct Pending {

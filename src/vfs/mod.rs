@@ -422,9 +422,14 @@ impl CredFs {
         let (kind, size, mtime, content) = match node {
             node if node.is_dir() => (Kind::Dir, 0, ns.loaded_at, Content::None),
             Node::Archive(bucket, name) => {
-                let (size, mtime) = self.archive_size(ns, bucket, name).await?;
-                let archive = fingerprint((size, mtime));
-                (Kind::File, size, mtime, Content::Archive(archive))
+                let info = self.archive_size(ns, bucket, name).await?;
+                let archive = fingerprint((info.size, info.modified, info.version));
+                (
+                    Kind::File,
+                    info.size,
+                    info.modified,
+                    Content::Archive(archive),
+                )
             }
             // Not a fingerprint: what one caller sees says nothing of what
             // the kernel cached for another.

@@ -63,7 +63,13 @@ impl Namespace {
             });
             let opened = match unchanged {
                 Some(store) => Ok(store),
-                None => store::open_store(store_config).await,
+                None => store::open_store(store_config).await.inspect(|store| {
+                    // In the background: aborting a dead daemon's uploads
+                    // waits on the provider. Only the dead's files go, so
+                    // this is safe at any reload.
+                    let store = store.clone();
+                    tokio::spawn(async move { store.sweep().await });
+                }),
             };
             let store = match opened {
                 Ok(store) => {

@@ -8,11 +8,11 @@ use super::published::fingerprint;
 use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, refused};
 use crate::audit::Operation;
 use crate::error::{Error, ErrorKind, Result};
+use crate::store::ObjectInfo;
 use crate::upload::WriteHandle;
 use crate::upload::{STAGING_TTL, is_archive_name};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// How a rename treats an existing target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,13 +55,17 @@ impl CredFs {
         ns: &Namespace,
         bucket: &str,
         name: &str,
-    ) -> Result<(u64, SystemTime)> {
+    ) -> Result<ObjectInfo> {
         let store = &self.bucket(ns, bucket)?.store;
         if let Some(info) = store.stat(bucket, name).await? {
-            return Ok((info.size, info.modified));
+            return Ok(info);
         }
         match self.uploads.get(bucket, name) {
-            Some(pending) => Ok((pending.size(), pending.modified())),
+            Some(pending) => Ok(ObjectInfo {
+                size: pending.size(),
+                modified: pending.modified(),
+                version: 0,
+            }),
             None => Err(Error::not_found(format!("projects/{bucket}/{name}"))),
         }
     }
@@ -120,7 +124,7 @@ impl CredFs {
         };
         if let Some(reader) = reader {
             let info = reader.info();
-            let content = fingerprint((info.size, info.modified));
+            let content = fingerprint((info.size, info.modified, info.version));
             let seen = self.published.observe(ino, content);
             let fh = self.handles.insert(Handle::Archive(reader));
             let cache = if seen.kernel_copy_valid {

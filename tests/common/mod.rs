@@ -310,3 +310,117 @@ pub fn open_errno(path: &Path, flags: &str) -> i32 {
         .parse()
         .expect("errno")
 }
+
+/// Upload spool files under `dir`: loose ones, and those in the daemons'
+/// own directories (`.credfs-instance-*`), as paths.
+pub fn spool_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".credfs-instance-") && entry.path().is_dir() {
+            found.extend(spool_files(&entry.path()));
+        } else if name.starts_with(".credfs-upload-") {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The daemons' own directories in `dir`.
+pub fn instance_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".credfs-instance-")
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// A python process writing `target` that stops in the middle: it runs
+/// `body` with `f` open for writing, prints "ready" and waits for the
+/// file `go`; then it runs `after`, closes `f` and prints "closed", or
+/// "errno N" when the close fails. Killed if the test ends first.
+pub struct PausedWriter {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    go: PathBuf,
+}
+
+impl PausedWriter {
+    pub fn start(target: &Path, go: &Path, body: &str, after: &str) -> PausedWriter {
+        let script = format!(
+            "import os, sys, time\nf = open({:?}, 'wb')\n{body}\nf.flush()\nprint('ready', flush=True)\nwhile not os.path.exists({:?}): time.sleep(0.01)\n{after}\ntry:\n    f.close()\n    print('closed', flush=True)\nexcept OSError as e:\n    print('errno', e.errno, flush=True)\n",
+            target.to_string_lossy(),
+            go.to_string_lossy()
+        );
+        let mut child = Command::new("python3")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut writer = PausedWriter {
+            child,
+            stdout,
+            go: go.to_path_buf(),
+        };
+        assert_eq!(writer.line(), "ready", "the writer did not get going");
+        writer
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut self.stdout, &mut line);
+        line.trim().to_string()
+    }
+
+    /// Lets it go on; returns what its close did: "closed" or "errno N".
+    pub fn finish(mut self) -> String {
+        fs::write(&self.go, "").expect("go");
+        self.line()
+    }
+}
+
+impl Drop for PausedWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `credfs check --probe` of `config`, with `env` added.
+pub fn probe(config: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(["check", "--probe", "--config"])
+        .arg(config)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("credfs check")
+}
+
+/// Opens `target` (holding `old`), reads its last 64 KiB, replaces it with
+/// `new` through `cp`, then reads its first 64 KiB through the same
+/// handle: "errno N" when that read fails, else which bytes it returned.
+pub fn replaced_mid_read(target: &Path, old: &Path, new: &Path) -> String {
+    let script = format!(
+        "import subprocess\nold, new = open({old:?}, 'rb').read(), open({new:?}, 'rb').read()\nf = open({target:?}, 'rb', buffering=0)\nf.seek(-65536, 2)\nassert f.read(65536) == old[-65536:], 'the tail before the replacement'\nsubprocess.run(['cp', {new:?}, {target:?}], check=True)\nf.seek(0)\ntry:\n    head = f.read(65536)\n    print('old bytes' if head == old[:65536] else 'new bytes' if head == new[:65536] else 'other bytes')\nexcept OSError as e:\n    print('errno', e.errno)\n",
+        old = old.to_string_lossy(),
+        new = new.to_string_lossy(),
+        target = target.to_string_lossy(),
+    );
+    let out = run("python3", &["-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
