@@ -63,6 +63,8 @@ fn the_unit_asks_for_what_the_daemon_does_and_no_mount_namespace() {
         // The spool's default home: root's, mode 0700.
         ("StateDirectory", "credfs"),
         ("StateDirectoryMode", "0700"),
+        // Its memory holds every credential: no core file.
+        ("LimitCORE", "0"),
     ] {
         assert_eq!(value(&text, key).as_deref(), Some(expected), "{key}=");
     }
