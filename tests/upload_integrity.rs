@@ -342,3 +342,32 @@ fn a_zip64_offset_that_overflows_is_einval_not_a_crash() {
             .success()
     );
 }
+
+#[test]
+fn a_name_that_is_not_utf8_is_never_found_and_never_made() {
+    let (daemon, src) = start();
+    let good = make_zip(&src, "good.zip", 1000);
+    let staged = daemon.path("projects/b/staged");
+    assert!(cp(&good, &staged).status.success());
+    let out = python(
+        r#"
+import errno
+b = os.path.dirname(ARCHIVE).encode()
+def code(f):
+    try:
+        f(); return 0
+    except OSError as e:
+        return e.errno
+print(code(lambda: os.stat(b + b'/\xff.zip')),
+      code(lambda: os.close(os.open(b + b'/\xff.zip', os.O_WRONLY | os.O_CREAT))),
+      code(lambda: os.rename(b + b'/staged', b + b'/\xff.zip')),
+      code(lambda: os.unlink(b + b'/\xff.zip')),
+      code(lambda: os.mkdir(b + b'/dir')))
+"#,
+        &daemon.path("projects/b/x.zip"),
+        &good,
+    );
+    let (enoent, einval, eperm) = (libc::ENOENT, libc::EINVAL, libc::EPERM);
+    assert_eq!(out, format!("{enoent} {einval} {einval} {enoent} {eperm}"));
+    assert!(staged.exists(), "a refused rename keeps the staging file");
+}

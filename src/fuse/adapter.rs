@@ -5,7 +5,8 @@
 use crate::error::{Error, ErrorKind};
 use crate::vfs::RenameFlags as CoreRenameFlags;
 use crate::vfs::{
-    Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags as CoreOpenFlags, Opened, TTL,
+    Attr, BLOCK_SIZE, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags as CoreOpenFlags,
+    Opened, SetAttr, TTL,
 };
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -20,9 +21,6 @@ use std::time::SystemTime;
 use tokio::runtime::Handle as Runtime;
 
 const MAX_WRITE: u32 = 1 << 20;
-/// Reported as st_blksize: copy tools size their buffers by it, and fewer,
-/// larger writes cost less through FUSE.
-const BLOCK_SIZE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     fs: Arc<CredFs>,
@@ -107,11 +105,6 @@ fn open_flags(flags: i32) -> CoreOpenFlags {
     }
 }
 
-/// Names that are not UTF-8 can name nothing in this tree.
-fn utf8(name: &OsStr) -> Result<String, Errno> {
-    name.to_str().map(str::to_owned).ok_or(Errno::ENOENT)
-}
-
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config
@@ -122,10 +115,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let name = match utf8(name) {
-            Ok(name) => name,
-            Err(e) => return reply.error(e),
-        };
+        let name = name.to_os_string();
         let caller = caller(req);
         self.spawn(move |fs| async move {
             match fs.lookup(parent.0, &name, caller).await {
@@ -169,13 +159,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let caller = caller(req);
-        let metadata = mode.is_some() || uid.is_some() || gid.is_some();
-        let times = atime.is_some() || mtime.is_some();
+        let change = SetAttr {
+            size,
+            fh: fh.map(|f| f.0),
+            mode: mode.is_some(),
+            owner: uid.is_some() || gid.is_some(),
+            times: atime.is_some() || mtime.is_some(),
+        };
         self.spawn(move |fs| async move {
-            match fs
-                .setattr(ino.0, size, fh.map(|f| f.0), metadata || times, caller)
-                .await
-            {
+            match fs.setattr(ino.0, change, caller).await {
                 Ok(attr) => reply.attr(&attr.ttl(), &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -185,29 +177,43 @@ impl Filesystem for FuseAdapter {
     fn mknod(
         &self,
         _r: &Request,
-        _p: INodeNo,
+        parent: INodeNo,
         _n: &OsStr,
         _m: u32,
         _u: u32,
         _d: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EPERM);
+        match self.fs.mknod(parent.0) {
+            Ok(attr) => reply.entry(&attr.ttl(), &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn mkdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(Errno::EPERM);
+    fn mkdir(
+        &self,
+        _r: &Request,
+        parent: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.mkdir(parent.0) {
+            Ok(attr) => reply.entry(&attr.ttl(), &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
-    fn rmdir(&self, _r: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EPERM);
+    fn rmdir(&self, _r: &Request, parent: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(parent.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let name = match utf8(name) {
-            Ok(name) => name,
-            Err(e) => return reply.error(e),
-        };
+        let name = name.to_os_string();
         let caller = caller(req);
         self.spawn(move |fs| async move {
             match fs.unlink(parent.0, &name, caller).await {
@@ -227,10 +233,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (name, new_name) = match (utf8(name), utf8(new_name)) {
-            (Ok(a), Ok(b)) => (a, b),
-            _ => return reply.error(Errno::EINVAL),
-        };
+        let (name, new_name) = (name.to_os_string(), new_name.to_os_string());
         let flags = CoreRenameFlags {
             no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
@@ -270,10 +273,7 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let name = match utf8(name) {
-            Ok(name) => name,
-            Err(_) => return reply.error(Errno::EINVAL),
-        };
+        let name = name.to_os_string();
         let caller = caller(req);
         self.spawn(move |fs| async move {
             match fs.create(parent.0, &name, caller).await {
@@ -366,12 +366,14 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Durability is decided at commit, which fsyncs when the store asks for it.
-        reply.ok();
+        match self.fs.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -450,7 +452,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
+        let stats = self.fs.statfs();
+        let size = stats.block_size;
+        reply.statfs(0, 0, 0, 0, 0, size, stats.name_max, size);
     }
 
     fn getxattr(

@@ -26,6 +26,7 @@ use handles::Handles;
 use inode::{Inodes, Node};
 use namespace::{Namespace, Ownership};
 use published::{Published, fingerprint};
+use std::ffi::OsStr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
@@ -34,6 +35,10 @@ use tracing::{debug, warn};
 /// short because other hosts can change a store, and values that change
 /// through us are invalidated at once.
 pub const TTL: Duration = Duration::from_secs(1);
+
+/// Reported as st_blksize and by statfs: copy tools size their buffers by
+/// it, and fewer, larger writes cost less through FUSE.
+pub const BLOCK_SIZE: u32 = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -58,6 +63,38 @@ impl Attr {
     pub fn ttl(&self) -> Duration {
         if self.per_caller { Duration::ZERO } else { TTL }
     }
+}
+
+/// The one rule for names that are not UTF-8: nothing in this tree has
+/// one, so looking one up finds nothing (ENOENT) and making one is refused
+/// (EINVAL).
+fn existing_name(name: &OsStr) -> Result<&str> {
+    name.to_str()
+        .ok_or_else(|| Error::not_found("a name that is not UTF-8"))
+}
+
+fn new_name(name: &OsStr) -> Result<&str> {
+    name.to_str()
+        .ok_or_else(|| Error::invalid("names here are UTF-8 text"))
+}
+
+/// What `setattr` asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    /// The handle it came through (`ftruncate`), if any.
+    pub fh: Option<u64>,
+    /// chmod, chown, or new times: owner-only, and they change nothing.
+    pub mode: bool,
+    pub owner: bool,
+    pub times: bool,
+}
+
+/// What `statfs` reports: nothing to fill, and the sizes copy tools use.
+#[derive(Clone, Copy, Debug)]
+pub struct FsStats {
+    pub block_size: u32,
+    pub name_max: u32,
 }
 
 /// Where the number of an attribute reply comes from.
@@ -481,7 +518,13 @@ impl CredFs {
         })
     }
 
-    pub async fn lookup(&self, parent: u64, name: &str, caller: Caller) -> Result<Attr> {
+    pub async fn lookup(
+        &self,
+        parent: u64,
+        name: impl AsRef<OsStr>,
+        caller: Caller,
+    ) -> Result<Attr> {
+        let name = existing_name(name.as_ref())?;
         let ns = self.namespace();
         let parent = self.node(parent)?;
         if let Err(denied) = self.check_access(&ns, &parent, caller, access::SEARCH) {
@@ -525,18 +568,12 @@ impl CredFs {
     }
 
     /// chmod, chown and utime change nothing (owners and modes come from the
-    /// config) but succeed, so `cp -p` and `install -m` work; a size change
-    /// applies to a file being written.
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        fh: Option<u64>,
-        metadata: bool,
-        caller: Caller,
-    ) -> Result<Attr> {
+    /// config) but succeed for the owner, so `cp -p` and `install -m` work;
+    /// a size change applies to a file being written.
+    pub async fn setattr(&self, ino: u64, change: SetAttr, caller: Caller) -> Result<Attr> {
+        let (size, fh) = (change.size, change.fh);
         let node = self.node(ino)?;
-        if metadata {
+        if change.mode || change.owner || change.times {
             self.check_owner(&self.namespace(), &node, caller)?;
         }
         if let Some(size) = size {
@@ -559,6 +596,39 @@ impl CredFs {
             }
         }
         self.getattr(ino, fh, caller).await
+    }
+
+    /// Directories come from the config: none is made or removed here.
+    pub fn mkdir(&self, parent: u64) -> Result<Attr> {
+        let node = self.node(parent)?;
+        Err(Error::new(
+            ErrorKind::NotPermitted,
+            format!("{}: directories come from the config", node.path()),
+        ))
+    }
+
+    pub fn rmdir(&self, parent: u64) -> Result<()> {
+        self.mkdir(parent).map(|_| ())
+    }
+
+    /// Devices, fifos and sockets have no place in this tree.
+    pub fn mknod(&self, parent: u64) -> Result<Attr> {
+        self.mkdir(parent)
+    }
+
+    /// Durability is decided at commit, which fsyncs when the store asks
+    /// for it; an fsync before the close has nothing to make durable.
+    pub fn fsync(&self, _fh: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Nothing to count (values and archives live elsewhere); the block
+    /// size is what copy tools size their buffers by.
+    pub fn statfs(&self) -> FsStats {
+        FsStats {
+            block_size: BLOCK_SIZE,
+            name_max: 255,
+        }
     }
 
     pub async fn opendir(&self, ino: u64, caller: Caller) -> Result<u64> {

@@ -12,6 +12,7 @@ use crate::store::ObjectInfo;
 use crate::upload::WriteHandle;
 use crate::upload::{STAGING_TTL, is_archive_name};
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::sync::Arc;
 
 /// How a rename treats an existing target.
@@ -162,7 +163,13 @@ impl CredFs {
         }
     }
 
-    pub async fn create(&self, parent: u64, name: &str, caller: Caller) -> Result<(Attr, Opened)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: impl AsRef<OsStr>,
+        caller: Caller,
+    ) -> Result<(Attr, Opened)> {
+        let name = super::new_name(name.as_ref())?;
         let ns = self.namespace();
         let parent_node = self.node(parent)?;
         let (bucket, entry) = self.writable_bucket(&ns, &parent_node, caller)?;
@@ -269,7 +276,8 @@ impl CredFs {
         }
     }
 
-    pub async fn unlink(&self, parent: u64, name: &str, caller: Caller) -> Result<()> {
+    pub async fn unlink(&self, parent: u64, name: impl AsRef<OsStr>, caller: Caller) -> Result<()> {
+        let name = super::existing_name(name.as_ref())?;
         let ns = self.namespace();
         let parent_node = self.node(parent)?;
         let deleted = self.delete_archive(&ns, &parent_node, name, caller).await;
@@ -302,12 +310,14 @@ impl CredFs {
     pub async fn rename(
         &self,
         parent: u64,
-        name: &str,
+        name: impl AsRef<OsStr>,
         new_parent: u64,
-        new_name: &str,
+        new_name: impl AsRef<OsStr>,
         flags: RenameFlags,
         caller: Caller,
     ) -> Result<()> {
+        let name = super::existing_name(name.as_ref())?;
+        let new_name = super::new_name(new_name.as_ref())?;
         let ns = self.namespace();
         let (from_node, to_node) = (self.node(parent)?, self.node(new_parent)?);
         let (bucket, entry) = self.writable_bucket(&ns, &from_node, caller)?;
