@@ -39,12 +39,6 @@ root = "@DIR@/store"
 buckets = ["builds"]
 "#;
 
-fn as_user(uid: &str, program: &str, args: &[&str]) -> std::process::Output {
-    let mut argv = vec!["--reuid", uid, "--regid", uid, "--clear-groups", program];
-    argv.extend_from_slice(args);
-    run("setpriv", &argv)
-}
-
 fn lines(path: &Path) -> Vec<Value> {
     fs::read_to_string(path)
         .unwrap_or_default()

@@ -71,20 +71,7 @@ fn a_dead_mount_is_cleaned_up_and_mounted_again() {
 fn owners_and_modes_are_enforced_for_other_users() {
     require_program("setpriv");
     let daemon = start();
-    let as_user = |path: &str| {
-        run(
-            "setpriv",
-            &[
-                "--reuid",
-                "1000",
-                "--regid",
-                "1000",
-                "--clear-groups",
-                "cat",
-                &daemon.path(path).to_string_lossy(),
-            ],
-        )
-    };
+    let as_user = |path: &str| as_user("1000", "cat", &[&daemon.path(path).to_string_lossy()]);
     let denied = as_user("registries/private/token");
     assert!(!denied.status.success());
     assert!(

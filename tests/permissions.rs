@@ -268,18 +268,7 @@ fn root_without_capabilities_gets_the_mode_bits_like_anyone_else() {
         stderr(&read_search)
     );
     // The owner itself reads it with no capability at all.
-    let owner = run(
-        "setpriv",
-        &[
-            "--reuid",
-            "1000",
-            "--regid",
-            "1000",
-            "--clear-groups",
-            "cat",
-            &token,
-        ],
-    );
+    let owner = as_user("1000", "cat", &[&token]);
     assert_eq!(owner.stdout, b"perm-ci-pass-9a0b", "{}", stderr(&owner));
 }
 

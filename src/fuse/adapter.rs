@@ -97,6 +97,13 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+fn reply_entry(reply: ReplyEntry, attr: crate::error::Result<Attr>) {
+    match attr {
+        Ok(attr) => reply.entry(&attr.ttl(), &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn open_flags(flags: i32) -> CoreOpenFlags {
     let flags = OpenFlags(flags);
     CoreOpenFlags {
@@ -118,10 +125,7 @@ impl Filesystem for FuseAdapter {
         let name = name.to_os_string();
         let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.lookup(parent.0, &name, caller).await {
-                Ok(attr) => reply.entry(&attr.ttl(), &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            reply_entry(reply, fs.lookup(parent.0, &name, caller).await);
         });
     }
 
@@ -184,10 +188,7 @@ impl Filesystem for FuseAdapter {
         _d: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mknod(parent.0) {
-            Ok(attr) => reply.entry(&attr.ttl(), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.fs.mknod(parent.0));
     }
 
     fn mkdir(
@@ -199,10 +200,7 @@ impl Filesystem for FuseAdapter {
         _u: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(parent.0) {
-            Ok(attr) => reply.entry(&attr.ttl(), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.fs.mkdir(parent.0));
     }
 
     fn rmdir(&self, _r: &Request, parent: INodeNo, _n: &OsStr, reply: ReplyEmpty) {

@@ -200,12 +200,7 @@ impl ProjectStore for AzureStore {
     /// Blocks a dead daemon left uncommitted cost little and Azure drops
     /// them after a week: only spool files are swept.
     async fn sweep(&self) {
-        let spool_dir = self.spool_dir.clone();
-        let _ = super::blocking(move || {
-            instance::sweep(&spool_dir, "spool directory");
-            Ok(())
-        })
-        .await;
+        instance::sweep_spool(&self.spool_dir).await;
     }
 
     async fn delete(&self, container: &str, name: &str) -> Result<()> {

@@ -167,6 +167,16 @@ fn owner_is_gone(dir: &TrustedDir) -> bool {
 
 /// Removes what dead daemons left in `parent`: their directories, and the
 /// loose spool files of versions that kept them there. Blocking.
+/// Sweeps a shared spool directory off the async workers.
+pub async fn sweep_spool(spool_dir: &std::sync::Arc<TrustedDir>) {
+    let spool_dir = spool_dir.clone();
+    let _ = super::blocking(move || {
+        sweep(&spool_dir, "spool directory");
+        Ok(())
+    })
+    .await;
+}
+
 pub fn sweep(parent: &TrustedDir, what: &str) {
     let mut removed = 0;
     for leftover in leftovers(parent, what) {

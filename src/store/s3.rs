@@ -320,12 +320,7 @@ impl ProjectStore for S3Store {
     }
 
     async fn sweep(&self) {
-        let spool_dir = self.spool_dir.clone();
-        let _ = super::blocking(move || {
-            instance::sweep(&spool_dir, "spool directory");
-            Ok(())
-        })
-        .await;
+        instance::sweep_spool(&self.spool_dir).await;
         self.abort_orphans().await;
     }
 

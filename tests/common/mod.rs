@@ -262,6 +262,14 @@ pub fn cp(from: &Path, to: &Path) -> Output {
     run("cp", &[&from.to_string_lossy(), &to.to_string_lossy()])
 }
 
+/// Runs `program` as `uid` (its own group, no others), as another user on
+/// the host would.
+pub fn as_user(uid: &str, program: &str, args: &[&str]) -> Output {
+    let mut argv = vec!["--reuid", uid, "--regid", uid, "--clear-groups", program];
+    argv.extend_from_slice(args);
+    run("setpriv", &argv)
+}
+
 pub fn sh(script: &str) -> Output {
     run("sh", &["-c", script])
 }
@@ -423,4 +431,24 @@ pub fn replaced_mid_read(target: &Path, old: &Path, new: &Path) -> String {
     let out = run("python3", &["-c", &script]);
     assert!(out.status.success(), "{}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One handle reads one version: `target` (an S3 or Azure archive) is
+/// replaced while a handle on it is open; the handle's next GET fails with
+/// EIO rather than mixing in new bytes, and a fresh open reads the new one.
+pub fn assert_one_version_per_handle(src: &Path, target: &Path) {
+    let old = make_zip(src, "a.zip", 20 << 20);
+    let new = make_zip(src, "b.zip", 20 << 20);
+    let size = |p: &Path| fs::metadata(p).expect("stat").len();
+    assert_eq!(size(&old), size(&new));
+    assert!(cp(&old, target).status.success());
+    assert_eq!(
+        replaced_mid_read(target, &old, &new),
+        format!("errno {}", libc::EIO)
+    );
+    assert_eq!(
+        sha256(target),
+        sha256(&new),
+        "a fresh open reads the new one"
+    );
 }
