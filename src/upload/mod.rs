@@ -64,37 +64,84 @@ pub struct WriteHandle {
     /// The process (not the thread) that opened it, whose close commits,
     /// and its uid.
     opener: Writer,
+    /// The pending file, once the first write (or truncation) started it.
     target: tokio::sync::OnceCell<Arc<Pending>>,
-    /// The writer is done: its own close came (or the handle was released).
-    closed: std::sync::atomic::AtomicBool,
     /// The archive being modified, until the upload takes over.
     original: Option<Box<dyn ObjectReader>>,
-    state: Mutex<HandleState>,
+    state: Mutex<WriteState>,
 }
 
-#[derive(Default)]
-struct HandleState {
-    wrote: bool,
-    /// Set once the archive was committed or refused; later closes repeat it.
-    outcome: Option<Result<ObjectInfo>>,
+/// Where a write handle is in its life.
+#[derive(Clone, Debug)]
+enum WriteState {
+    /// Open; `wrote` once anything was written or truncated through it.
+    Open { wrote: bool },
+    /// The writer closed it (its own close, or the kernel's release); a
+    /// staging file's other references may still write.
+    Closed { wrote: bool },
+    /// Committed or refused: every later close repeats the outcome, and
+    /// every later write fails, so nothing changes after the check.
+    Decided(Result<ObjectInfo>),
+}
+
+impl WriteState {
+    fn wrote(&self) -> bool {
+        match self {
+            WriteState::Open { wrote } | WriteState::Closed { wrote } => *wrote,
+            WriteState::Decided(_) => true,
+        }
+    }
 }
 
 impl WriteHandle {
-    fn state(&self) -> std::sync::MutexGuard<'_, HandleState> {
+    fn state(&self) -> std::sync::MutexGuard<'_, WriteState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A write or truncation failed: the upload is refused with `error`
+    /// unless it was decided already.
     fn fail(&self, error: Error) -> Error {
-        self.state().outcome.get_or_insert(Err(error.clone()));
+        let mut state = self.state();
+        if !matches!(*state, WriteState::Decided(_)) {
+            *state = WriteState::Decided(Err(error.clone()));
+        }
         error
+    }
+
+    /// A write is about to go in: refused once the upload is decided.
+    fn check_writable(&self) -> Result<()> {
+        match &*self.state() {
+            WriteState::Decided(Err(e)) => Err(e.clone()),
+            WriteState::Decided(Ok(_)) => Err(Error::provider(format!(
+                "projects/{}/{}: the upload was already committed",
+                self.bucket, self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn mark_written(&self) {
+        let mut state = self.state();
+        match &mut *state {
+            WriteState::Open { wrote } | WriteState::Closed { wrote } => *wrote = true,
+            WriteState::Decided(_) => {}
+        }
+    }
+
+    /// The writer is done; `true` the first time only.
+    fn close(&self) -> bool {
+        let mut state = self.state();
+        match *state {
+            WriteState::Open { wrote } => {
+                *state = WriteState::Closed { wrote };
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn is_archive(&self) -> bool {
         is_archive_name(&self.name)
-    }
-
-    fn wrote(&self) -> bool {
-        self.state().wrote
     }
 
     pub fn size(&self) -> u64 {
@@ -215,9 +262,8 @@ impl Uploads {
             name: name.to_string(),
             opener: writer,
             target: tokio::sync::OnceCell::new(),
-            closed: std::sync::atomic::AtomicBool::new(false),
             original,
-            state: Mutex::new(HandleState::default()),
+            state: Mutex::new(WriteState::Open { wrote: false }),
         });
         if !lazy {
             let pending = self.target(&handle).await?;
@@ -263,17 +309,16 @@ impl Uploads {
     }
 
     pub async fn set_len(&self, handle: &WriteHandle, len: u64) -> Result<()> {
+        handle.check_writable()?;
         check_size(handle, len)?;
         let pending = self.target(handle).await?;
         pending.set_len(len).await?;
-        handle.state().wrote = true;
+        handle.mark_written();
         Ok(())
     }
 
     pub async fn write(&self, handle: &WriteHandle, offset: u64, data: Vec<u8>) -> Result<u32> {
-        if let Some(Err(e)) = &handle.state().outcome {
-            return Err(e.clone());
-        }
+        handle.check_writable()?;
         let len = data.len() as u64;
         let end = offset.saturating_add(len);
         check_size(handle, end).map_err(|e| handle.fail(e))?;
@@ -282,7 +327,7 @@ impl Uploads {
             .write_at(offset, data)
             .await
             .map_err(|e| handle.fail(e))?;
-        handle.state().wrote = true;
+        handle.mark_written();
         Ok(len as u32)
     }
 
@@ -302,17 +347,14 @@ impl Uploads {
     }
 
     fn close_writer(&self, handle: &WriteHandle) {
-        let already = handle
-            .closed
-            .swap(true, std::sync::atomic::Ordering::AcqRel);
-        if let (false, Some(pending)) = (already, handle.target.get()) {
+        if let (true, Some(pending)) = (handle.close(), handle.target.get()) {
             pending.remove_writer();
         }
     }
 
     async fn commit(&self, handle: &WriteHandle) -> Result<Option<ObjectInfo>> {
-        let decided = handle.state().outcome.clone();
-        if let Some(outcome) = decided {
+        let state = handle.state().clone();
+        if let WriteState::Decided(outcome) = state {
             // A write already failed (EFBIG, EIO): by the time close()
             // reports it, nothing of the upload is left behind.
             if outcome.is_err()
@@ -323,7 +365,7 @@ impl Uploads {
             }
             return outcome.map(|_| None);
         }
-        if !handle.wrote() {
+        if !state.wrote() {
             return Ok(None);
         }
         let Some(pending) = handle.target.get() else {
@@ -341,7 +383,7 @@ impl Uploads {
             Err(e) => warn!(path, error = %e, "archive refused"),
         }
         self.remove_if_same(&handle.bucket, &handle.name, pending);
-        handle.state().outcome = Some(outcome.clone());
+        *handle.state() = WriteState::Decided(outcome.clone());
         self.return_memory_if_idle();
         outcome.map(Some)
     }
@@ -355,7 +397,7 @@ impl Uploads {
             return None;
         }
         let committed = self.commit(handle).await.ok().flatten();
-        if matches!(handle.state().outcome, Some(Err(_))) {
+        if matches!(*handle.state(), WriteState::Decided(Err(_))) {
             pending.abort().await;
             self.remove_if_same(&handle.bucket, &handle.name, pending);
         }
