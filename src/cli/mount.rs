@@ -93,15 +93,8 @@ async fn serve(
         allow_other: config.mount.allow_other,
     };
     let config_path = config.path.clone();
-    let audit_path = config.audit.as_ref().map(|a| a.path.clone());
-    let fail_closed = config.audit.as_ref().is_some_and(|a| a.fail_closed);
     let fs = Arc::new(CredFs::new(Namespace::build(config, None).await));
-    fs.audit.set_fail_closed(fail_closed);
-    if let Some(path) = &audit_path {
-        fs.audit
-            .configure(Some(path))
-            .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
-    }
+    fs.apply_audit(&fs.namespace().config)?;
     let runtime = tokio::runtime::Handle::current();
     let mount_fs = fs.clone();
     let mount_point = mountpoint.clone();

@@ -200,6 +200,24 @@ impl CredFs {
         fs
     }
 
+    /// The audit settings of `config`, the same way at start (where an
+    /// error stops the mount) and at reload (where the old log stays).
+    pub fn apply_audit(&self, config: &crate::config::Config) -> std::result::Result<(), String> {
+        let path = config.audit.as_ref().map(|a| a.path.clone());
+        self.audit
+            .set_fail_closed(config.audit.as_ref().is_some_and(|a| a.fail_closed));
+        if path == self.audit.path() {
+            return Ok(());
+        }
+        self.audit.configure(path.as_deref()).map_err(|e| {
+            let shown = path
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display();
+            format!("cannot open the audit log {shown}: {e}")
+        })
+    }
+
     fn apply_limits(&self, ns: &Namespace) {
         self.uploads
             .set_limit_per_user(ns.config.mount.max_pending_uploads);
@@ -231,19 +249,18 @@ impl CredFs {
     /// Serves `config` from now on. Readers see the old tree or the new one;
     /// the kernel forgets names that are gone and re-reads what it cached.
     pub async fn reload(&self, config: crate::config::Config) {
-        let audit_path = config.audit.as_ref().map(|a| a.path.clone());
-        self.audit
-            .set_fail_closed(config.audit.as_ref().is_some_and(|a| a.fail_closed));
-        if audit_path != self.audit.path()
-            && let Err(e) = self.audit.configure(audit_path.as_deref())
-        {
-            warn!(error = %e, "cannot open the new audit log; keeping the old one");
-        }
+        let audit = self.apply_audit(&config);
         let old = self.namespace();
         let new = Arc::new(Namespace::build(config, Some(&old)).await);
         self.apply_limits(&new);
         self.watch_credentials(&new);
         self.clear_error();
+        // The rest applies; the old log keeps recording, and status.json
+        // says why the new one is not in use.
+        if let Err(message) = audit {
+            warn!("{message}; keeping the old one");
+            self.record_error(message);
+        }
         match self.namespace.write() {
             Ok(mut slot) => *slot = new.clone(),
             Err(poisoned) => *poisoned.into_inner() = new.clone(),
