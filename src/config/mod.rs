@@ -2,13 +2,19 @@
 //! `Config` whose secrets are resolved, or into errors that point at
 //! `file:line:col`.
 
+mod checker;
+mod endpoint;
+mod load;
 mod raw;
-mod validate;
+mod registries;
+mod stores;
+mod thin_edge;
 mod values;
 pub mod watch;
 
 pub use crate::names::check_name;
-pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse, state_dir};
+pub use checker::{ConfigError, ConfigErrors};
+pub use load::{load, load_watched, parse, state_dir};
 pub use values::{parse_duration, parse_size};
 
 use crate::secret::Secret;
