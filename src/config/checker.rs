@@ -2,7 +2,7 @@
 //! checks they share: required and per-provider keys, modes, names,
 //! durations, sizes, directories and secrets.
 
-use super::raw::RawSecret;
+use super::raw::{ProviderKey, RawSecret};
 use super::values::{parse_duration, parse_mode, parse_size};
 use crate::names::check_name;
 use crate::secret::Secret;
@@ -147,21 +147,12 @@ impl Checker<'_> {
 
     /// Reports keys the provider does not use, so a typo or a key meant for
     /// another provider is not silently ignored.
-    pub(super) fn only_keys(
-        &mut self,
-        provider: &str,
-        present: &[(&str, Option<Range<usize>>)],
-        allowed: &[&str],
-    ) {
-        for (key, span) in present {
-            if let Some(span) = span
-                && !allowed.contains(key)
-            {
-                self.error(
-                    span,
-                    format!("key `{key}` is not valid for provider `{provider}`"),
-                );
-            }
+    pub(super) fn only_keys(&mut self, provider: &str, keys: &[ProviderKey]) {
+        for key in keys.iter().filter(|k| !k.providers.contains(&provider)) {
+            self.error(
+                &key.span,
+                format!("key `{}` is not valid for provider `{provider}`", key.name),
+            );
         }
     }
 

@@ -4,10 +4,14 @@
 use super::checker::Checker;
 use super::raw::{Named, RawRegistry, RawSecret};
 use super::values::check_env_name;
-use super::{Access, HelperProtocol, RegistryConfig, RegistryProviderConfig};
+use super::{
+    Access, EcrConfig, HelperConfig, HelperProtocol, NoneConfig, RegistryConfig,
+    RegistryProviderConfig, StaticConfig,
+};
 use crate::secret::Secret;
 use crate::trust;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
@@ -31,121 +35,25 @@ impl Checker<'_> {
     pub(super) fn registry(&mut self, entry: Spanned<RawRegistry>) -> Option<RegistryConfig> {
         let table = entry.span();
         let raw = entry.into_inner();
-        let present = [
-            ("registry", raw.registry.as_ref().map(Spanned::span)),
-            ("region", raw.region.as_ref().map(Spanned::span)),
-            ("registry_id", raw.registry_id.as_ref().map(Spanned::span)),
-            ("profile", raw.profile.as_ref().map(Spanned::span)),
-            ("endpoint_url", raw.endpoint_url.as_ref().map(Spanned::span)),
-            ("username", raw.username.as_ref().map(Spanned::span)),
-            ("password", raw.password.as_ref().map(Spanned::span)),
-            ("command", raw.command.as_ref().map(Spanned::span)),
-            ("protocol", raw.protocol.as_ref().map(Spanned::span)),
-            ("timeout", raw.timeout.as_ref().map(Spanned::span)),
-            ("ttl", raw.ttl.as_ref().map(Spanned::span)),
-            ("env", raw.env.as_ref().map(Spanned::span)),
-            (
-                "credentials_file",
-                raw.credentials_file.as_ref().map(Spanned::span),
-            ),
-            ("section", raw.section.as_ref().map(Spanned::span)),
-            ("env_index", raw.env_index.as_ref().map(Spanned::span)),
-        ];
+        let keys = raw.provider_keys();
         let access = Access {
             uid: raw.uid,
             gid: raw.gid,
             mode: self.mode(&raw.mode),
         };
-        let provider_name = raw.provider.get_ref().as_str();
-        let provider = match provider_name {
-            "ecr" => {
-                self.only_keys(
-                    provider_name,
-                    &present,
-                    &[
-                        "region",
-                        "registry_id",
-                        "profile",
-                        "endpoint_url",
-                        "registry",
-                    ],
-                );
-                let region = self.required(&table, "region", &raw.region);
-                let registry = raw.registry.as_ref().map(|r| self.registry_host(r));
-                RegistryProviderConfig::Ecr {
-                    region: region?.get_ref().clone(),
-                    registry: registry.map_or(Some(None), |r| r.map(Some))?,
-                    registry_id: raw.registry_id.map(Spanned::into_inner),
-                    profile: raw.profile.map(Spanned::into_inner),
-                    endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
-                }
-            }
-            "static" => {
-                self.only_keys(
-                    provider_name,
-                    &present,
-                    &["registry", "username", "password"],
-                );
-                let registry = self.required(&table, "registry", &raw.registry);
-                let registry = registry.and_then(|r| self.registry_host(r));
-                let username = self.required(&table, "username", &raw.username);
-                let username = username.and_then(|u| self.secret(u));
-                let password = self.required(&table, "password", &raw.password);
-                let password = password.and_then(|p| self.secret(p));
-                RegistryProviderConfig::Static {
-                    registry: registry?,
-                    username: username?,
-                    password: password?,
-                }
-            }
-            "helper" => {
-                self.only_keys(
-                    provider_name,
-                    &present,
-                    &["registry", "command", "protocol", "timeout", "ttl", "env"],
-                );
-                let registry = self.required(&table, "registry", &raw.registry);
-                let registry = registry.and_then(|r| self.registry_host(r));
-                let command = self.required(&table, "command", &raw.command).cloned();
-                let command = command.and_then(|c| self.helper_command(c));
-                let protocol = match raw.protocol.as_ref() {
-                    None => Some(HelperProtocol::ThinEdge),
-                    Some(p) => match p.get_ref().as_str() {
-                        "thin-edge" => Some(HelperProtocol::ThinEdge),
-                        "docker" => Some(HelperProtocol::Docker),
-                        other => {
-                            self.error(&p.span(), format!("unknown helper protocol `{other}`, expected `thin-edge` or `docker`"));
-                            None
-                        }
-                    },
-                };
-                let timeout = self.duration(&raw.timeout, DEFAULT_HELPER_TIMEOUT);
-                let ttl = self.duration(&raw.ttl, DEFAULT_HELPER_TTL);
-                let env = self.helper_env(raw.env.as_ref());
-                RegistryProviderConfig::Helper {
-                    registry: registry?,
-                    command: command?,
-                    protocol: protocol?,
-                    timeout: timeout?,
-                    ttl: ttl?,
-                    env: env?,
-                }
-            }
-            "none" => {
-                self.only_keys(provider_name, &present, &["registry"]);
-                let registry = self.required(&table, "registry", &raw.registry);
-                RegistryProviderConfig::None {
-                    registry: registry.and_then(|r| self.registry_host(r))?,
-                }
-            }
-            "thin-edge" => {
-                self.only_keys(
-                    provider_name,
-                    &present,
-                    &["credentials_file", "section", "env_index"],
-                );
-                self.thin_edge(&table, &raw)?
-            }
+        let provider_name = raw.provider.get_ref().clone();
+        let provider = match provider_name.as_str() {
+            "ecr" => self.ecr(&table, raw).map(RegistryProviderConfig::Ecr),
+            "static" => self
+                .static_registry(&table, &raw)
+                .map(RegistryProviderConfig::Static),
+            "helper" => self.helper(&table, raw).map(RegistryProviderConfig::Helper),
+            "none" => self
+                .none_registry(&table, &raw)
+                .map(RegistryProviderConfig::None),
+            "thin-edge" => self
+                .thin_edge(&table, &raw)
+                .map(RegistryProviderConfig::Static),
             other => {
                 self.error(
                     &raw.provider.span(),
@@ -154,7 +62,82 @@ impl Checker<'_> {
                 return None;
             }
         };
-        Some(RegistryConfig { access, provider })
+        self.only_keys(&provider_name, &keys);
+        Some(RegistryConfig {
+            access,
+            provider: provider?,
+        })
+    }
+
+    /// The `registry` key that every provider but `ecr` and `thin-edge`
+    /// requires.
+    fn required_registry(&mut self, table: &Range<usize>, raw: &RawRegistry) -> Option<String> {
+        let registry = self.required(table, "registry", &raw.registry);
+        registry.and_then(|r| self.registry_host(r))
+    }
+
+    fn ecr(&mut self, table: &Range<usize>, raw: RawRegistry) -> Option<EcrConfig> {
+        let region = self.required(table, "region", &raw.region);
+        let registry = raw.registry.as_ref().map(|r| self.registry_host(r));
+        Some(EcrConfig {
+            region: region?.get_ref().clone(),
+            registry: registry.map_or(Some(None), |r| r.map(Some))?,
+            registry_id: raw.registry_id.map(Spanned::into_inner),
+            profile: raw.profile.map(Spanned::into_inner),
+            endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
+        })
+    }
+
+    fn static_registry(&mut self, table: &Range<usize>, raw: &RawRegistry) -> Option<StaticConfig> {
+        let registry = self.required_registry(table, raw);
+        let username = self.required(table, "username", &raw.username);
+        let username = username.and_then(|u| self.secret(u));
+        let password = self.required(table, "password", &raw.password);
+        let password = password.and_then(|p| self.secret(p));
+        Some(StaticConfig {
+            registry: registry?,
+            username: username?,
+            password: password?,
+        })
+    }
+
+    fn helper(&mut self, table: &Range<usize>, raw: RawRegistry) -> Option<HelperConfig> {
+        let registry = self.required_registry(table, &raw);
+        let command = self.required(table, "command", &raw.command).cloned();
+        let command = command.and_then(|c| self.helper_command(c));
+        let protocol = match raw.protocol.as_ref() {
+            None => Some(HelperProtocol::ThinEdge),
+            Some(p) => {
+                match p.get_ref().as_str() {
+                    "thin-edge" => Some(HelperProtocol::ThinEdge),
+                    "docker" => Some(HelperProtocol::Docker),
+                    other => {
+                        self.error(
+                        &p.span(),
+                        format!("unknown helper protocol `{other}`, expected `thin-edge` or `docker`"),
+                    );
+                        None
+                    }
+                }
+            }
+        };
+        let timeout = self.duration(&raw.timeout, DEFAULT_HELPER_TIMEOUT);
+        let ttl = self.duration(&raw.ttl, DEFAULT_HELPER_TTL);
+        let env = self.helper_env(raw.env.as_ref());
+        Some(HelperConfig {
+            registry: registry?,
+            command: command?,
+            protocol: protocol?,
+            timeout: timeout?,
+            ttl: ttl?,
+            env: env?,
+        })
+    }
+
+    fn none_registry(&mut self, table: &Range<usize>, raw: &RawRegistry) -> Option<NoneConfig> {
+        Some(NoneConfig {
+            registry: self.required_registry(table, raw)?,
+        })
     }
 
     fn helper_command(&mut self, command: Spanned<Vec<String>>) -> Option<Vec<String>> {
@@ -228,7 +211,9 @@ mod tests {
         let text = "[registries.h]\nprovider = \"helper\"\nregistry = \"r\"\ncommand = [\"/bin/h\"]\n\
                     env = { PLAIN = \"literal\", FROM_ENV = { env = \"CREDFS_TEST_HELPER_ENV\" }, _FILE1 = { file = \"token\" } }\n";
         let config = parse(&dir.join("c.toml"), text).expect("valid");
-        let RegistryProviderConfig::Helper { env, .. } = &config.registries["h"].provider else {
+        let RegistryProviderConfig::Helper(HelperConfig { env, .. }) =
+            &config.registries["h"].provider
+        else {
             panic!("helper");
         };
         let shown: Vec<(&str, &[u8])> = env.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();

@@ -1,7 +1,7 @@
 //! `provider = "thin-edge"`: thin-edge's own registry credentials, read once
 //! at load and served as a `static` registry.
 
-use super::RegistryProviderConfig;
+use super::StaticConfig;
 use super::checker::{Checker, read_trusted};
 use super::raw::RawRegistry;
 use crate::secret::Secret;
@@ -16,7 +16,7 @@ impl Checker<'_> {
         &mut self,
         table: &Range<usize>,
         raw: &RawRegistry,
-    ) -> Option<RegistryProviderConfig> {
+    ) -> Option<StaticConfig> {
         let (repo, username, password) = match (&raw.credentials_file, &raw.section, &raw.env_index)
         {
             (Some(file), Some(section), None) => self.thin_edge_file(file, section)?,
@@ -46,7 +46,7 @@ impl Checker<'_> {
         };
         let span = raw.provider.span();
         let registry = self.registry_host(&Spanned::new(span, repo))?;
-        Some(RegistryProviderConfig::Static {
+        Some(StaticConfig {
             registry,
             username: Secret::from(username),
             password: Secret::from(password),
@@ -128,7 +128,7 @@ fn wipe_toml(value: &mut toml::Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse;
+    use super::super::{RegistryProviderConfig, parse};
     use super::*;
     use std::fs;
 
@@ -150,11 +150,11 @@ mod tests {
         let text = "[registries.fromfile]\nprovider = \"thin-edge\"\ncredentials_file = \"credentials.toml\"\nsection = \"registry1\"\n\
                     [registries.fromenv]\nprovider = \"thin-edge\"\nenv_index = 7\n";
         let config = parse(&dir.join("c.toml"), text).expect("valid");
-        let RegistryProviderConfig::Static {
+        let RegistryProviderConfig::Static(StaticConfig {
             registry,
             username,
             password,
-        } = &config.registries["fromfile"].provider
+        }) = &config.registries["fromfile"].provider
         else {
             panic!("static");
         };
