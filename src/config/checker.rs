@@ -2,13 +2,13 @@
 //! checks they share: required and per-provider keys, modes, names,
 //! durations, sizes, directories and secrets.
 
+use super::load::read_trusted;
 use super::raw::{ProviderKey, RawSecret};
 use super::values::{parse_duration, parse_mode, parse_size};
 use crate::names::check_name;
 use crate::secret::Secret;
 use crate::trust;
 use std::fmt;
-use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,20 +47,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// The whole of a trusted file; it can hold secrets.
-pub(super) fn read_trusted(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, trust::Distrust> {
-    let mut file = trust::open_file(path)?;
-    let io = |e| trust::Distrust {
-        at: path.to_path_buf(),
-        reason: trust::Reason::Io(e),
-    };
-    let size = file.metadata().map_err(io)?.len();
-    // Sized up front: a grown buffer would leave unwiped copies behind.
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(size as usize + 1));
-    file.read_to_end(&mut bytes).map_err(io)?;
-    Ok(bytes)
-}
 
 pub(super) struct Checker<'a> {
     pub(super) path: &'a Path,

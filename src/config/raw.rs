@@ -43,11 +43,10 @@ pub struct RawAudit {
     pub fail_closed: Option<bool>,
 }
 
-/// Declares a provider table as written: the keys of every provider, and
-/// between them the keys of some providers only, each with the providers
-/// that take it. A key goes in one line here and `provider_keys` lists it,
-/// so that the checker refuses it for any other provider. Field order is
-/// the order serde lists the expected keys in.
+/// A provider table as written. A key that only some providers take is
+/// declared once, with those providers, so that `provider_keys` can tell
+/// the checker what to refuse without a second key list to keep in step.
+/// Fields keep the order written: serde names the expected keys in it.
 macro_rules! provider_table {
     (
         $(#[$meta:meta])*

@@ -2,7 +2,8 @@
 //! at load and served as a `static` registry.
 
 use super::StaticConfig;
-use super::checker::{Checker, read_trusted};
+use super::checker::Checker;
+use super::load::read_trusted;
 use super::raw::RawRegistry;
 use crate::secret::Secret;
 use std::ops::Range;
