@@ -2,19 +2,29 @@
 //! `Config` whose secrets are resolved, or into errors that point at
 //! `file:line:col`.
 
+mod checker;
+mod endpoint;
+mod load;
+mod providers;
 mod raw;
-mod validate;
+mod registries;
+mod stores;
+mod thin_edge;
 mod values;
 pub mod watch;
 
 pub use crate::names::check_name;
-pub use validate::{ConfigError, ConfigErrors, load, load_watched, parse, state_dir};
+pub use checker::{ConfigError, ConfigErrors};
+pub use load::{load, load_watched, parse, state_dir};
+pub use providers::{
+    AzureConfig, EcrConfig, FilesystemConfig, HelperConfig, HelperProtocol, NoneConfig,
+    RegistryProviderConfig, S3Config, StaticConfig, StoreProviderConfig,
+};
 pub use values::{parse_duration, parse_size};
 
 use crate::secret::Secret;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/credfs/credfs.toml";
 
@@ -61,66 +71,6 @@ pub struct RegistryConfig {
     pub provider: RegistryProviderConfig,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HelperProtocol {
-    /// thin-edge's `registry-credentials get IMAGE` printing `{"username","password"}`.
-    ThinEdge,
-    /// Docker's `docker-credential-X get`, server URL on stdin.
-    Docker,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum RegistryProviderConfig {
-    Ecr {
-        region: String,
-        /// Shown instead of the proxy endpoint's host (a VPC endpoint, a
-        /// mirror); by default the credential's own registry.
-        registry: Option<String>,
-        registry_id: Option<String>,
-        profile: Option<String>,
-        endpoint_url: Option<String>,
-    },
-    Static {
-        registry: String,
-        username: Secret,
-        password: Secret,
-    },
-    Helper {
-        registry: String,
-        command: Vec<String>,
-        protocol: HelperProtocol,
-        timeout: Duration,
-        ttl: Duration,
-        /// Passed to the helper on top of a clean environment.
-        env: BTreeMap<String, Secret>,
-    },
-    None {
-        registry: String,
-    },
-}
-
-impl RegistryProviderConfig {
-    /// The registry host[:port][/path] the credential is for, when the
-    /// config says (ECR learns it from its first token).
-    pub fn registry(&self) -> Option<&str> {
-        match self {
-            RegistryProviderConfig::Ecr { registry, .. } => registry.as_deref(),
-            RegistryProviderConfig::Static { registry, .. }
-            | RegistryProviderConfig::Helper { registry, .. }
-            | RegistryProviderConfig::None { registry } => Some(registry),
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RegistryProviderConfig::Ecr { .. } => "ecr",
-            RegistryProviderConfig::Static { .. } => "static",
-            RegistryProviderConfig::Helper { .. } => "helper",
-            RegistryProviderConfig::None { .. } => "none",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
     pub buckets: Vec<String>,
@@ -128,44 +78,4 @@ pub struct StoreConfig {
     pub max_object_size: Option<u64>,
     pub access: Access,
     pub provider: StoreProviderConfig,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum StoreProviderConfig {
-    Filesystem {
-        root: PathBuf,
-        /// fsync the archive and its directory before a commit is acknowledged.
-        sync: bool,
-    },
-    S3 {
-        endpoint_url: Option<String>,
-        region: Option<String>,
-        access_key_id: Option<Secret>,
-        secret_access_key: Option<Secret>,
-        profile: Option<String>,
-        force_path_style: bool,
-        prefix: String,
-        part_size: u64,
-        checksums: bool,
-        /// Where uploads wait for their commit.
-        spool_dir: PathBuf,
-    },
-    Azure {
-        connection_string: Option<Secret>,
-        account: Option<String>,
-        access_key: Option<Secret>,
-        endpoint_url: Option<String>,
-        prefix: String,
-        spool_dir: PathBuf,
-    },
-}
-
-impl StoreProviderConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreProviderConfig::Filesystem { .. } => "filesystem",
-            StoreProviderConfig::S3 { .. } => "s3",
-            StoreProviderConfig::Azure { .. } => "azure",
-        }
-    }
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 use toml::Spanned;
 
 pub type Named<T> = BTreeMap<Spanned<String>, Spanned<T>>;
@@ -42,63 +43,112 @@ pub struct RawAudit {
     pub fail_closed: Option<bool>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRegistry {
-    pub provider: Spanned<String>,
-    pub registry: Option<Spanned<String>>,
-    // ecr
-    pub region: Option<Spanned<String>>,
-    pub registry_id: Option<Spanned<String>>,
-    pub profile: Option<Spanned<String>>,
-    pub endpoint_url: Option<Spanned<String>>,
-    // static
-    pub username: Option<Spanned<RawSecret>>,
-    pub password: Option<Spanned<RawSecret>>,
-    // helper
-    pub command: Option<Spanned<Vec<String>>>,
-    pub protocol: Option<Spanned<String>>,
-    pub timeout: Option<Spanned<String>>,
-    pub ttl: Option<Spanned<String>>,
-    pub env: Option<Spanned<Named<RawSecret>>>,
-    // thin-edge
-    pub credentials_file: Option<Spanned<String>>,
-    pub section: Option<Spanned<String>>,
-    pub env_index: Option<Spanned<u32>>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub mode: Option<Spanned<String>>,
+/// A provider table as written. A key that only some providers take is
+/// declared once, with those providers, so that `provider_keys` can tell
+/// the checker what to refuse without a second key list to keep in step.
+/// Fields keep the order written: serde names the expected keys in it.
+macro_rules! provider_table {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(pub $head:ident: $head_ty:ty,)*
+            for some providers {
+                $($key:ident: $key_ty:ty => [$($provider:literal),+],)*
+            }
+            $(pub $tail:ident: $tail_ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $(pub $head: $head_ty,)*
+            $(pub $key: Option<Spanned<$key_ty>>,)*
+            $(pub $tail: $tail_ty,)*
+        }
+
+        impl $name {
+            /// The keys of some providers only that this table sets.
+            pub fn provider_keys(&self) -> Vec<ProviderKey> {
+                let mut keys = Vec::new();
+                $(
+                    if let Some(value) = &self.$key {
+                        keys.push(ProviderKey {
+                            name: stringify!($key),
+                            providers: &[$($provider),+],
+                            span: value.span(),
+                        });
+                    }
+                )*
+                keys
+            }
+        }
+    };
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStore {
-    pub provider: Spanned<String>,
-    pub buckets: Option<Spanned<Vec<Spanned<String>>>>,
-    pub read_only: Option<bool>,
-    pub max_object_size: Option<Spanned<String>>,
-    // filesystem
-    pub root: Option<Spanned<String>>,
-    pub sync: Option<Spanned<bool>>,
-    // s3
-    pub endpoint_url: Option<Spanned<String>>,
-    pub endpoint: Option<Spanned<String>>,
-    pub region: Option<Spanned<String>>,
-    pub access_key_id: Option<Spanned<RawSecret>>,
-    pub secret_access_key: Option<Spanned<RawSecret>>,
-    pub access_key: Option<Spanned<RawSecret>>,
-    pub profile: Option<Spanned<String>>,
-    pub force_path_style: Option<Spanned<bool>>,
-    pub prefix: Option<Spanned<String>>,
-    pub part_size: Option<Spanned<String>>,
-    pub checksums: Option<Spanned<String>>,
-    pub spool_dir: Option<Spanned<String>>,
-    // azure
-    pub connection_string: Option<Spanned<RawSecret>>,
-    pub account: Option<Spanned<String>>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub mode: Option<Spanned<String>>,
+/// A key that only some providers take, as found in a table.
+pub struct ProviderKey {
+    pub name: &'static str,
+    pub providers: &'static [&'static str],
+    pub span: Range<usize>,
+}
+
+provider_table! {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawRegistry {
+        pub provider: Spanned<String>,
+        for some providers {
+            registry: String => ["ecr", "static", "helper", "none"],
+            region: String => ["ecr"],
+            registry_id: String => ["ecr"],
+            profile: String => ["ecr"],
+            endpoint_url: String => ["ecr"],
+            username: RawSecret => ["static"],
+            password: RawSecret => ["static"],
+            command: Vec<String> => ["helper"],
+            protocol: String => ["helper"],
+            timeout: String => ["helper"],
+            ttl: String => ["helper"],
+            env: Named<RawSecret> => ["helper"],
+            credentials_file: String => ["thin-edge"],
+            section: String => ["thin-edge"],
+            env_index: u32 => ["thin-edge"],
+        }
+        pub uid: Option<u32>,
+        pub gid: Option<u32>,
+        pub mode: Option<Spanned<String>>,
+    }
+}
+
+provider_table! {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawStore {
+        pub provider: Spanned<String>,
+        pub buckets: Option<Spanned<Vec<Spanned<String>>>>,
+        pub read_only: Option<bool>,
+        pub max_object_size: Option<Spanned<String>>,
+        for some providers {
+            root: String => ["filesystem"],
+            sync: bool => ["filesystem"],
+            endpoint_url: String => ["s3", "azure"],
+            endpoint: String => ["s3", "azure"],
+            region: String => ["s3"],
+            access_key_id: RawSecret => ["s3"],
+            secret_access_key: RawSecret => ["s3"],
+            access_key: RawSecret => ["s3", "azure"],
+            profile: String => ["s3"],
+            force_path_style: bool => ["s3"],
+            prefix: String => ["s3", "azure"],
+            part_size: String => ["s3"],
+            checksums: String => ["s3"],
+            spool_dir: String => ["s3", "azure"],
+            connection_string: RawSecret => ["azure"],
+            account: String => ["azure"],
+        }
+        pub uid: Option<u32>,
+        pub gid: Option<u32>,
+        pub mode: Option<Spanned<String>>,
+    }
 }
 
 /// A secret value: a literal string, `{ file = PATH }` or `{ env = NAME }`.

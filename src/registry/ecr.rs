@@ -4,6 +4,7 @@
 //! its decoded second half (what `aws ecr get-login-password` prints).
 
 use super::{Credential, RegistryProvider};
+use crate::config::EcrConfig;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -15,28 +16,14 @@ use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 pub struct EcrProvider {
-    region: String,
-    registry: Option<String>,
-    registry_id: Option<String>,
-    profile: Option<String>,
-    endpoint_url: Option<String>,
+    config: EcrConfig,
     client: OnceCell<aws_sdk_ecr::Client>,
 }
 
 impl EcrProvider {
-    pub fn new(
-        region: &str,
-        registry: Option<&str>,
-        registry_id: Option<&str>,
-        profile: Option<&str>,
-        endpoint_url: Option<&str>,
-    ) -> Self {
+    pub fn new(config: &EcrConfig) -> Self {
         EcrProvider {
-            region: region.to_string(),
-            registry: registry.map(str::to_string),
-            registry_id: registry_id.map(str::to_string),
-            profile: profile.map(str::to_string),
-            endpoint_url: endpoint_url.map(str::to_string),
+            config: config.clone(),
             client: OnceCell::new(),
         }
     }
@@ -47,11 +34,11 @@ impl EcrProvider {
         self.client
             .get_or_init(|| async {
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new(self.region.clone()));
-                if let Some(profile) = &self.profile {
+                    .region(aws_config::Region::new(self.config.region.clone()));
+                if let Some(profile) = &self.config.profile {
                     loader = loader.profile_name(profile);
                 }
-                if let Some(url) = &self.endpoint_url {
+                if let Some(url) = &self.config.endpoint_url {
                     loader = loader.endpoint_url(url);
                 }
                 aws_sdk_ecr::Client::new(&loader.load().await)
@@ -93,11 +80,11 @@ impl RegistryProvider for EcrProvider {
             .client()
             .await
             .get_authorization_token()
-            .set_registry_ids(self.registry_id.clone().map(|id| vec![id]));
+            .set_registry_ids(self.config.registry_id.clone().map(|id| vec![id]));
         let output = request.send().await.map_err(|e| {
             Error::provider(format!(
                 "ECR GetAuthorizationToken in {}: {}",
-                self.region,
+                self.config.region,
                 DisplayErrorContext(&e)
             ))
         })?;
@@ -109,7 +96,7 @@ impl RegistryProvider for EcrProvider {
             .authorization_token()
             .ok_or_else(|| Error::provider("ECR returned no authorization token"))?;
         let (username, password) = split_token(token)?;
-        let registry = match &self.registry {
+        let registry = match &self.config.registry {
             Some(registry) => registry.clone(),
             None => data
                 .proxy_endpoint()

@@ -12,12 +12,11 @@
 //! helper exits or times out, and at most 1 MiB of output on each stream.
 
 use super::{Credential, RegistryProvider};
-use crate::config::HelperProtocol;
+use crate::config::{HelperConfig, HelperProtocol};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -46,12 +45,7 @@ const REAP_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub struct HelperProvider {
-    registry: String,
-    command: Vec<String>,
-    protocol: HelperProtocol,
-    timeout: Duration,
-    ttl: Duration,
-    env: BTreeMap<String, Secret>,
+    config: HelperConfig,
 }
 
 /// A string parsed from the helper's stdout, wiped when dropped: on the
@@ -96,26 +90,14 @@ enum Ended {
 }
 
 impl HelperProvider {
-    pub fn new(
-        registry: &str,
-        command: &[String],
-        protocol: HelperProtocol,
-        timeout: Duration,
-        ttl: Duration,
-        env: &BTreeMap<String, Secret>,
-    ) -> Self {
+    pub fn new(config: &HelperConfig) -> Self {
         HelperProvider {
-            registry: registry.to_string(),
-            command: command.to_vec(),
-            protocol,
-            timeout,
-            ttl,
-            env: env.clone(),
+            config: config.clone(),
         }
     }
 
     fn program(&self) -> &str {
-        self.command.first().map_or("", String::as_str)
+        self.config.command.first().map_or("", String::as_str)
     }
 
     fn error(&self, what: impl std::fmt::Display) -> Error {
@@ -124,8 +106,8 @@ impl HelperProvider {
 
     fn command(&self, refresh: bool) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(self.program());
-        command.args(self.command.iter().skip(1));
-        if refresh && self.protocol == HelperProtocol::ThinEdge {
+        command.args(self.config.command.iter().skip(1));
+        if refresh && self.config.protocol == HelperProtocol::ThinEdge {
             command.arg("--refresh");
         }
         // The daemon's environment holds the `{ env = … }` secrets of every
@@ -139,7 +121,7 @@ impl HelperProvider {
         if let Some(lang) = std::env::var_os("LANG") {
             command.env("LANG", lang);
         }
-        for (name, value) in &self.env {
+        for (name, value) in &self.config.env {
             command.env(name, OsStr::from_bytes(value.expose()));
         }
         command
@@ -177,7 +159,7 @@ impl HelperProvider {
         let (stdout_pipe, stderr_pipe) = (child.stdout.take(), child.stderr.take());
         let mut stdout = Zeroizing::new(Vec::new());
         let mut stderr = Zeroizing::new(Vec::new());
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.config.timeout;
         let ended = {
             let read = async {
                 tokio::try_join!(
@@ -217,7 +199,7 @@ impl HelperProvider {
             Ended::TimedOut => {
                 return Err(self.error(format_args!(
                     "timed out after {}",
-                    humantime::format_duration(self.timeout)
+                    humantime::format_duration(self.config.timeout)
                 )));
             }
             Ended::Failed(message) => return Err(self.error(message)),
@@ -238,10 +220,10 @@ impl HelperProvider {
     /// either kind of helper that nothing more comes.
     async fn feed(&self, stdin: Option<ChildStdin>) {
         if let Some(mut stdin) = stdin
-            && self.protocol == HelperProtocol::Docker
+            && self.config.protocol == HelperProtocol::Docker
         {
             // A helper that exits without reading stdin is not an error here.
-            let _ = stdin.write_all(self.registry.as_bytes()).await;
+            let _ = stdin.write_all(self.config.registry.as_bytes()).await;
         }
     }
 
@@ -265,7 +247,7 @@ impl HelperProvider {
     /// so errors describe it without quoting it.
     fn expiry(&self, expires_at: Option<&str>) -> Result<SystemTime> {
         let Some(text) = expires_at.filter(|t| !t.is_empty()) else {
-            return Ok(crate::status::after(SystemTime::now(), self.ttl));
+            return Ok(crate::status::after(SystemTime::now(), self.config.ttl));
         };
         let at = humantime::parse_rfc3339_weak(text)
             .map_err(|_| self.error("printed an expires_at that is not an RFC 3339 time"))?;
@@ -465,7 +447,7 @@ fn append_wiped(buffer: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
 impl RegistryProvider for HelperProvider {
     async fn fetch(&self, refresh: bool) -> Result<Credential> {
         let stdout = self.run(refresh).await?;
-        let (username, password, expires_at) = match self.protocol {
+        let (username, password, expires_at) = match self.config.protocol {
             HelperProtocol::ThinEdge => {
                 let mut answer: ThinEdgeAnswer = self.parse(&stdout)?;
                 let expires_at = self.expiry(answer.expires_at.as_ref().map(|e| e.0.as_str()))?;
@@ -479,7 +461,7 @@ impl RegistryProvider for HelperProvider {
         };
         let password = Secret::from(password);
         Ok(Credential {
-            registry: self.registry.clone(),
+            registry: self.config.registry.clone(),
             username: Secret::from(username),
             token: password.clone(),
             password,
@@ -491,6 +473,7 @@ impl RegistryProvider for HelperProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn a_growing_buffer_keeps_every_byte() {
@@ -524,14 +507,14 @@ mod tests {
 
     #[test]
     fn expiry_errors_do_not_quote_the_helpers_text() {
-        let provider = HelperProvider::new(
-            "r",
-            &["/bin/h".to_string()],
-            HelperProtocol::ThinEdge,
-            Duration::from_secs(1),
-            Duration::from_secs(60),
-            &BTreeMap::new(),
-        );
+        let provider = HelperProvider::new(&HelperConfig {
+            registry: "r".to_string(),
+            command: vec!["/bin/h".to_string()],
+            protocol: HelperProtocol::ThinEdge,
+            timeout: Duration::from_secs(1),
+            ttl: Duration::from_secs(60),
+            env: BTreeMap::new(),
+        });
         for text in ["not-a-time-3f9a", "2001-02-03T04:05:06Z"] {
             let error = provider.expiry(Some(text)).unwrap_err();
             assert!(!error.message().contains(text), "{}", error.message());

@@ -49,36 +49,11 @@ pub trait RegistryProvider: Send + Sync {
 
 pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider> {
     match config {
-        RegistryProviderConfig::Static {
-            registry,
-            username,
-            password,
-        } => Arc::new(static_secret::StaticProvider::new(
-            registry, username, password,
-        )),
-        RegistryProviderConfig::None { registry } => Arc::new(none::NoneProvider::new(registry)),
-        RegistryProviderConfig::Helper {
-            registry,
-            command,
-            protocol,
-            timeout,
-            ttl,
-            env,
-        } => Arc::new(helper::HelperProvider::new(
-            registry, command, *protocol, *timeout, *ttl, env,
-        )),
-        RegistryProviderConfig::Ecr {
-            region,
-            registry,
-            registry_id,
-            profile,
-            endpoint_url,
-        } => Arc::new(ecr::EcrProvider::new(
-            region,
-            registry.as_deref(),
-            registry_id.as_deref(),
-            profile.as_deref(),
-            endpoint_url.as_deref(),
-        )),
+        RegistryProviderConfig::Static(config) => {
+            Arc::new(static_secret::StaticProvider::new(config))
+        }
+        RegistryProviderConfig::None(config) => Arc::new(none::NoneProvider::new(config)),
+        RegistryProviderConfig::Helper(config) => Arc::new(helper::HelperProvider::new(config)),
+        RegistryProviderConfig::Ecr(config) => Arc::new(ecr::EcrProvider::new(config)),
     }
 }

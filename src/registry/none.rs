@@ -1,18 +1,19 @@
 //! `none`: an open registry that needs no token.
 
 use super::{Credential, RegistryProvider};
+use crate::config::NoneConfig;
 use crate::error::Result;
 use crate::secret::Secret;
 use async_trait::async_trait;
 
 pub struct NoneProvider {
-    registry: String,
+    config: NoneConfig,
 }
 
 impl NoneProvider {
-    pub fn new(registry: &str) -> Self {
+    pub fn new(config: &NoneConfig) -> Self {
         NoneProvider {
-            registry: registry.to_string(),
+            config: config.clone(),
         }
     }
 }
@@ -21,7 +22,7 @@ impl NoneProvider {
 impl RegistryProvider for NoneProvider {
     async fn fetch(&self, _refresh: bool) -> Result<Credential> {
         Ok(Credential {
-            registry: self.registry.clone(),
+            registry: self.config.registry.clone(),
             username: Secret::empty(),
             password: Secret::empty(),
             token: Secret::empty(),

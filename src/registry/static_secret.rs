@@ -2,8 +2,8 @@
 //! GitLab, NGC access tokens).
 
 use super::{Credential, RegistryProvider};
+use crate::config::StaticConfig;
 use crate::error::Result;
-use crate::secret::Secret;
 use async_trait::async_trait;
 
 pub struct StaticProvider {
@@ -11,13 +11,13 @@ pub struct StaticProvider {
 }
 
 impl StaticProvider {
-    pub fn new(registry: &str, username: &Secret, password: &Secret) -> Self {
+    pub fn new(config: &StaticConfig) -> Self {
         StaticProvider {
             credential: Credential {
-                registry: registry.to_string(),
-                username: username.clone(),
-                password: password.clone(),
-                token: password.clone(),
+                registry: config.registry.clone(),
+                username: config.username.clone(),
+                password: config.password.clone(),
+                token: config.password.clone(),
                 expires_at: None,
             },
         }

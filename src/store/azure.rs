@@ -12,6 +12,7 @@ use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
 use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
+use crate::config::AzureConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -20,21 +21,11 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Size of each block of a multipart upload, and the PUT/multipart cut-over.
 const PART_SIZE: u64 = 8 << 20;
-
-pub struct AzureSettings {
-    pub connection_string: Option<Secret>,
-    pub account: Option<String>,
-    pub access_key: Option<Secret>,
-    pub endpoint_url: Option<String>,
-    pub prefix: String,
-    pub spool_dir: PathBuf,
-}
 
 pub struct AzureStore {
     containers: HashMap<String, Arc<dyn ObjectStore>>,
@@ -78,16 +69,16 @@ fn text(secret: &Secret) -> String {
 }
 
 impl AzureStore {
-    pub fn open(settings: AzureSettings, containers: &[String]) -> Result<Self> {
-        let (account, key, endpoint) = match &settings.connection_string {
+    pub fn open(config: &AzureConfig, containers: &[String]) -> Result<Self> {
+        let (account, key, endpoint) = match &config.connection_string {
             Some(connection) => parse_connection_string(&text(connection))?,
             None => (
-                settings.account.clone().unwrap_or_default(),
-                settings.access_key.as_ref().map(text).unwrap_or_default(),
+                config.account.clone().unwrap_or_default(),
+                config.access_key.as_ref().map(text).unwrap_or_default(),
                 None,
             ),
         };
-        let endpoint = settings.endpoint_url.clone().or(endpoint);
+        let endpoint = config.endpoint_url.clone().or(endpoint);
         let mut stores = HashMap::new();
         for container in containers {
             let mut builder = MicrosoftAzureBuilder::new()
@@ -104,10 +95,10 @@ impl AzureStore {
                 .map_err(|e| azure_error("setup", container, e))?;
             stores.insert(container.clone(), Arc::new(store) as Arc<dyn ObjectStore>);
         }
-        let spool_dir = TrustedDir::open(&settings.spool_dir, "spool directory")?;
+        let spool_dir = TrustedDir::open(&config.spool_dir, "spool directory")?;
         Ok(AzureStore {
             containers: stores,
-            prefix: settings.prefix,
+            prefix: config.prefix.clone(),
             spool_dir: Arc::new(spool_dir),
         })
     }

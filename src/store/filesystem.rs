@@ -10,6 +10,7 @@
 use super::instance;
 use super::spool::{Committer, SpoolFile, SpooledUpload, TrustedDir, read_full_at};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload, blocking};
+use crate::config::FilesystemConfig;
 use crate::error::{Error, Result};
 use crate::names::is_archive_name;
 use crate::trust;
@@ -18,7 +19,6 @@ use rustix::fs::{Mode, OFlags, Stat};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,8 +30,8 @@ pub struct FilesystemStore {
 impl FilesystemStore {
     /// Opens the root and the bucket directories (making missing ones).
     /// Removes nothing: `check --probe` and reloads open stores too.
-    pub async fn open(root: PathBuf, buckets: &[String], sync: bool) -> Result<Self> {
-        let names = buckets.to_vec();
+    pub async fn open(config: &FilesystemConfig, buckets: &[String]) -> Result<Self> {
+        let (root, sync, names) = (config.root.clone(), config.sync, buckets.to_vec());
         let buckets = blocking(move || {
             let root = TrustedDir::open(&root, "store root")?;
             let mut dirs = BTreeMap::new();

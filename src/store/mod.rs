@@ -76,60 +76,12 @@ pub trait Upload: Send + Sync {
 }
 
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn ProjectStore>> {
-    match &config.provider {
-        StoreProviderConfig::Filesystem { root, sync } => {
-            let store = FilesystemStore::open(root.clone(), &config.buckets, *sync).await?;
-            Ok(Arc::new(store))
-        }
-        StoreProviderConfig::S3 {
-            endpoint_url,
-            region,
-            access_key_id,
-            secret_access_key,
-            profile,
-            force_path_style,
-            prefix,
-            part_size,
-            checksums,
-            spool_dir,
-        } => {
-            let settings = s3::S3Settings {
-                endpoint_url: endpoint_url.clone(),
-                region: region.clone(),
-                access_key_id: access_key_id.clone(),
-                secret_access_key: secret_access_key.clone(),
-                profile: profile.clone(),
-                force_path_style: *force_path_style,
-                prefix: prefix.clone(),
-                part_size: *part_size,
-                checksums: *checksums,
-                spool_dir: spool_dir.clone(),
-                buckets: config.buckets.clone(),
-            };
-            Ok(Arc::new(s3::S3Store::open(settings).await?))
-        }
-        StoreProviderConfig::Azure {
-            connection_string,
-            account,
-            access_key,
-            endpoint_url,
-            prefix,
-            spool_dir,
-        } => {
-            let settings = azure::AzureSettings {
-                connection_string: connection_string.clone(),
-                account: account.clone(),
-                access_key: access_key.clone(),
-                endpoint_url: endpoint_url.clone(),
-                prefix: prefix.clone(),
-                spool_dir: spool_dir.clone(),
-            };
-            Ok(Arc::new(azure::AzureStore::open(
-                settings,
-                &config.buckets,
-            )?))
-        }
-    }
+    let buckets = &config.buckets;
+    Ok(match &config.provider {
+        StoreProviderConfig::Filesystem(fs) => Arc::new(FilesystemStore::open(fs, buckets).await?),
+        StoreProviderConfig::S3(s3) => Arc::new(s3::S3Store::open(s3, buckets).await?),
+        StoreProviderConfig::Azure(azure) => Arc::new(azure::AzureStore::open(azure, buckets)?),
+    })
 }
 
 /// Runs blocking file-system work off the async workers.

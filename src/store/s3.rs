@@ -23,6 +23,7 @@ use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
 use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use super::{instance, journal};
+use crate::config::S3Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -31,23 +32,8 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
-
-pub struct S3Settings {
-    pub endpoint_url: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<Secret>,
-    pub secret_access_key: Option<Secret>,
-    pub profile: Option<String>,
-    pub force_path_style: bool,
-    pub prefix: String,
-    pub part_size: u64,
-    pub checksums: bool,
-    pub spool_dir: PathBuf,
-    pub buckets: Vec<String>,
-}
 
 pub struct S3Store {
     client: Client,
@@ -100,17 +86,14 @@ fn modified(at: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 }
 
 impl S3Store {
-    pub async fn open(settings: S3Settings) -> Result<Self> {
-        let region = settings
-            .region
-            .clone()
-            .unwrap_or_else(|| "us-east-1".into());
+    pub async fn open(config: &S3Config, buckets: &[String]) -> Result<Self> {
+        let region = config.region.clone().unwrap_or_else(|| "us-east-1".into());
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region));
-        if let Some(profile) = &settings.profile {
+        if let Some(profile) = &config.profile {
             loader = loader.profile_name(profile);
         }
-        if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
             let credentials = aws_sdk_s3::config::Credentials::new(
                 text(id),
                 text(secret),
@@ -121,13 +104,13 @@ impl S3Store {
             loader = loader.credentials_provider(credentials);
         }
         let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.force_path_style);
-        if let Some(url) = &settings.endpoint_url {
-            config = config.endpoint_url(url);
+        let mut sdk =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
+        if let Some(url) = &config.endpoint_url {
+            sdk = sdk.endpoint_url(url);
         }
-        if !settings.checksums {
-            config = config
+        if !config.checksums {
+            sdk = sdk
                 .request_checksum_calculation(
                     aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
                 )
@@ -135,14 +118,14 @@ impl S3Store {
                     aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
                 );
         }
-        let spool_dir = TrustedDir::open(&settings.spool_dir, "spool directory")?;
+        let spool_dir = TrustedDir::open(&config.spool_dir, "spool directory")?;
         Ok(S3Store {
-            client: Client::from_conf(config.build()),
-            prefix: settings.prefix,
-            part_size: settings.part_size,
+            client: Client::from_conf(sdk.build()),
+            prefix: config.prefix.clone(),
+            part_size: config.part_size,
             spool_dir: Arc::new(spool_dir),
-            endpoint: settings.endpoint_url.unwrap_or_else(|| "aws".into()),
-            buckets: settings.buckets,
+            endpoint: config.endpoint_url.clone().unwrap_or_else(|| "aws".into()),
+            buckets: buckets.to_vec(),
             listed_etags: std::sync::atomic::AtomicBool::new(false),
         })
     }

@@ -503,10 +503,15 @@ async fn copy_into(pending: &Pending, reader: &dyn ObjectReader) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FilesystemConfig;
     use crate::store::FilesystemStore;
 
     async fn bucket(root: &std::path::Path) -> Destination {
-        let store = FilesystemStore::open(root.to_path_buf(), &["b".to_string()], false)
+        let config = FilesystemConfig {
+            root: root.to_path_buf(),
+            sync: false,
+        };
+        let store = FilesystemStore::open(&config, &["b".to_string()])
             .await
             .unwrap();
         Destination {

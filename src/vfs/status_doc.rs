@@ -3,7 +3,7 @@
 
 use super::namespace::Namespace;
 use crate::audit::AuditLog;
-use crate::config::StoreProviderConfig;
+use crate::config::{FilesystemConfig, StoreProviderConfig};
 use crate::secret::Secret;
 use crate::status::{EntryStatus, timestamp};
 use crate::upload::Uploads;
@@ -35,7 +35,7 @@ pub fn render(
         entry["provider"] = json!(config.provider.kind());
         entry["buckets"] = json!(config.buckets);
         entry["read_only"] = json!(config.read_only);
-        if let StoreProviderConfig::Filesystem { root, .. } = &config.provider {
+        if let StoreProviderConfig::Filesystem(FilesystemConfig { root, .. }) = &config.provider {
             entry["root"] = json!(root.display().to_string());
         }
         let staged: usize = config.buckets.iter().map(|b| uploads.list(b).len()).sum();

@@ -1,0 +1,129 @@
+//! What each provider is configured with: one struct per provider, filled
+//! by validation and taken as is by the registry or store it configures.
+
+use crate::secret::Secret;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RegistryProviderConfig {
+    Ecr(EcrConfig),
+    Static(StaticConfig),
+    Helper(HelperConfig),
+    None(NoneConfig),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EcrConfig {
+    pub region: String,
+    /// Shown instead of the proxy endpoint's host (a VPC endpoint, a
+    /// mirror); by default the credential's own registry.
+    pub registry: Option<String>,
+    pub registry_id: Option<String>,
+    pub profile: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+/// Also what a `thin-edge` registry becomes once its credentials are read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaticConfig {
+    pub registry: String,
+    pub username: Secret,
+    pub password: Secret,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HelperConfig {
+    pub registry: String,
+    pub command: Vec<String>,
+    pub protocol: HelperProtocol,
+    pub timeout: Duration,
+    pub ttl: Duration,
+    /// Passed to the helper on top of a clean environment.
+    pub env: BTreeMap<String, Secret>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelperProtocol {
+    /// thin-edge's `registry-credentials get IMAGE` printing `{"username","password"}`.
+    ThinEdge,
+    /// Docker's `docker-credential-X get`, server URL on stdin.
+    Docker,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoneConfig {
+    pub registry: String,
+}
+
+impl RegistryProviderConfig {
+    /// The registry host[:port][/path] the credential is for, when the
+    /// config says (ECR learns it from its first token).
+    pub fn registry(&self) -> Option<&str> {
+        match self {
+            RegistryProviderConfig::Ecr(ecr) => ecr.registry.as_deref(),
+            RegistryProviderConfig::Static(StaticConfig { registry, .. })
+            | RegistryProviderConfig::Helper(HelperConfig { registry, .. })
+            | RegistryProviderConfig::None(NoneConfig { registry }) => Some(registry),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryProviderConfig::Ecr(_) => "ecr",
+            RegistryProviderConfig::Static(_) => "static",
+            RegistryProviderConfig::Helper(_) => "helper",
+            RegistryProviderConfig::None(_) => "none",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreProviderConfig {
+    Filesystem(FilesystemConfig),
+    S3(S3Config),
+    Azure(AzureConfig),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FilesystemConfig {
+    pub root: PathBuf,
+    /// fsync the archive and its directory before a commit is acknowledged.
+    pub sync: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct S3Config {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub profile: Option<String>,
+    pub force_path_style: bool,
+    pub prefix: String,
+    pub part_size: u64,
+    pub checksums: bool,
+    /// Where uploads wait for their commit.
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AzureConfig {
+    pub connection_string: Option<Secret>,
+    pub account: Option<String>,
+    pub access_key: Option<Secret>,
+    pub endpoint_url: Option<String>,
+    pub prefix: String,
+    pub spool_dir: PathBuf,
+}
+
+impl StoreProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreProviderConfig::Filesystem(_) => "filesystem",
+            StoreProviderConfig::S3(_) => "s3",
+            StoreProviderConfig::Azure(_) => "azure",
+        }
+    }
+}
