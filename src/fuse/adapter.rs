@@ -104,6 +104,13 @@ fn reply_entry(reply: ReplyEntry, attr: crate::error::Result<Attr>) {
     }
 }
 
+fn reply_attr(reply: ReplyAttr, attr: crate::error::Result<Attr>) {
+    match attr {
+        Ok(attr) => reply.attr(&attr.ttl(), &file_attr(&attr)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn open_flags(flags: i32) -> CoreOpenFlags {
     let flags = OpenFlags(flags);
     CoreOpenFlags {
@@ -137,10 +144,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.getattr(ino.0, fh.map(|f| f.0), caller).await {
-                Ok(attr) => reply.attr(&attr.ttl(), &file_attr(&attr)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            reply_attr(reply, fs.getattr(ino.0, fh.map(|f| f.0), caller).await);
         });
     }
 
@@ -171,10 +175,7 @@ impl Filesystem for FuseAdapter {
             times: atime.is_some() || mtime.is_some(),
         };
         self.spawn(move |fs| async move {
-            match fs.setattr(ino.0, change, caller).await {
-                Ok(attr) => reply.attr(&attr.ttl(), &file_attr(&attr)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            reply_attr(reply, fs.setattr(ino.0, change, caller).await);
         });
     }
 

@@ -106,15 +106,7 @@ impl CredFs {
                 false => None,
             };
             let handle = self
-                .uploads
-                .open(
-                    &bucket,
-                    destination(&entry),
-                    name,
-                    flags.truncate,
-                    original,
-                    writer(caller),
-                )
+                .open_upload(&bucket, &entry, name, flags.truncate, original, caller)
                 .await?;
             return Ok(self.opened_for_writing(handle));
         }
@@ -163,6 +155,31 @@ impl CredFs {
         }
     }
 
+    /// Opens `name` in `bucket` for writing, on behalf of `caller`: the
+    /// process whose close commits, and the uid whose pending-upload limit
+    /// it counts against.
+    async fn open_upload(
+        &self,
+        bucket: &str,
+        entry: &Bucket,
+        name: &str,
+        truncate: bool,
+        original: Option<Box<dyn crate::store::ObjectReader>>,
+        caller: Caller,
+    ) -> Result<Arc<WriteHandle>> {
+        let destination = crate::upload::Destination {
+            store: entry.store.clone(),
+            max_object_size: entry.max_object_size,
+        };
+        let writer = crate::upload::Writer {
+            process: caller.process(),
+            uid: caller.uid,
+        };
+        self.uploads
+            .open(bucket, destination, name, truncate, original, writer)
+            .await
+    }
+
     pub async fn create(
         &self,
         parent: u64,
@@ -179,15 +196,7 @@ impl CredFs {
         let node = Node::Archive(bucket.clone(), name.into());
         let ownership = self.ownership(&ns, &node);
         let handle = self
-            .uploads
-            .open(
-                &bucket,
-                destination(&entry),
-                name,
-                true,
-                None,
-                writer(caller),
-            )
+            .open_upload(&bucket, &entry, name, true, None, caller)
             .await?;
         let attr = Attr {
             ino: self.inodes.lookup(&node),
@@ -406,20 +415,4 @@ fn invalid_archive_name(bucket: &str, name: &str) -> Error {
     Error::invalid(format!(
         "projects/{bucket}/{name}: archive names use letters, digits, `.`, `_` and `-`"
     ))
-}
-
-fn destination(bucket: &Bucket) -> crate::upload::Destination {
-    crate::upload::Destination {
-        store: bucket.store.clone(),
-        max_object_size: bucket.max_object_size,
-    }
-}
-
-/// The upload's writer: the process whose close commits, and the uid whose
-/// pending-upload limit it counts against.
-fn writer(caller: Caller) -> crate::upload::Writer {
-    crate::upload::Writer {
-        process: caller.process(),
-        uid: caller.uid,
-    }
 }
