@@ -4,8 +4,8 @@ use super::systemd;
 use crate::config::watch::ConfigWatcher;
 use crate::config::{self, Config};
 use crate::fuse::{self, MountOptions};
-use crate::vfs::CredFs;
 use crate::vfs::namespace::Namespace;
+use crate::vfs::{CredFs, Providers};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,7 +93,9 @@ async fn serve(
         allow_other: config.mount.allow_other,
     };
     let config_path = config.path.clone();
-    let fs = Arc::new(CredFs::new(Namespace::build(config, None).await));
+    let providers = Providers::real();
+    let namespace = Namespace::build(config, None, &providers).await;
+    let fs = Arc::new(CredFs::new(namespace, providers));
     fs.apply_audit(&fs.namespace().config)?;
     let runtime = tokio::runtime::Handle::current();
     let mount_fs = fs.clone();

@@ -8,10 +8,12 @@ pub mod inode;
 pub mod namespace;
 mod projects;
 pub use projects::RenameFlags;
+mod providers;
 pub mod published;
 mod status_doc;
 
 pub use handles::{DirEntry, Handle};
+pub use providers::Providers;
 pub use published::KernelCache;
 
 use crate::audit::{AuditLog, Operation};
@@ -161,6 +163,8 @@ pub struct CredFs {
     /// The last refused reload, shown in `status.json`.
     last_error: std::sync::Mutex<Option<crate::status::EntryStatus>>,
     pub audit: AuditLog,
+    /// Opens what a reload adds or changes.
+    providers: Providers,
 }
 
 fn refused(node: &Node) -> Error {
@@ -185,7 +189,9 @@ fn resting(ns: &Namespace, name: &str) -> bool {
 }
 
 impl CredFs {
-    pub fn new(namespace: Namespace) -> Self {
+    /// Serves `namespace`; reloads get their stores and registry providers
+    /// from `providers`, as `namespace` did.
+    pub fn new(namespace: Namespace, providers: Providers) -> Self {
         let fs = CredFs {
             namespace: RwLock::new(Arc::new(namespace)),
             inodes: Inodes::default(),
@@ -194,6 +200,7 @@ impl CredFs {
             uploads: Uploads::default(),
             last_error: std::sync::Mutex::new(None),
             audit: AuditLog::default(),
+            providers,
         };
         fs.apply_limits(&fs.namespace());
         fs.watch_credentials(&fs.namespace());
@@ -251,7 +258,7 @@ impl CredFs {
     pub async fn reload(&self, config: crate::config::Config) {
         let audit = self.apply_audit(&config);
         let old = self.namespace();
-        let new = Arc::new(Namespace::build(config, Some(&old)).await);
+        let new = Arc::new(Namespace::build(config, Some(&old), &self.providers).await);
         self.apply_limits(&new);
         self.watch_credentials(&new);
         self.clear_error();

@@ -1,8 +1,9 @@
 //! One loaded config, ready to serve: registries with their caches, buckets
 //! with their stores, secrets, and who owns what.
 
+use super::Providers;
 use crate::config::{Access, Config, MountConfig};
-use crate::registry::{self, CachedRegistry};
+use crate::registry::CachedRegistry;
 use crate::status::EntryStatus;
 use crate::store::{self, ProjectStore};
 use std::collections::BTreeMap;
@@ -36,8 +37,13 @@ pub struct Ownership {
 
 impl Namespace {
     /// Builds the namespace of `config`, keeping from `previous` the cached
-    /// credentials and open stores whose configuration did not change.
-    pub async fn build(config: Config, previous: Option<&Namespace>) -> Self {
+    /// credentials and open stores whose configuration did not change; what
+    /// changed comes new from `providers`.
+    pub async fn build(
+        config: Config,
+        previous: Option<&Namespace>,
+        providers: &Providers,
+    ) -> Self {
         let registries = config
             .registries
             .iter()
@@ -48,7 +54,7 @@ impl Namespace {
                         .flatten()
                 });
                 let cached = unchanged.unwrap_or_else(|| {
-                    Arc::new(CachedRegistry::new(registry::provider_for(&r.provider)))
+                    Arc::new(CachedRegistry::new(providers.registry(&r.provider)))
                 });
                 (name.clone(), cached)
             })
@@ -63,7 +69,7 @@ impl Namespace {
             });
             let opened = match unchanged {
                 Some(store) => Ok(store),
-                None => store::open_store(store_config).await.inspect(|store| {
+                None => providers.open_store(store_config).await.inspect(|store| {
                     // In the background: aborting a dead daemon's uploads
                     // waits on the provider. Only the dead's files go, so
                     // this is safe at any reload.
