@@ -3,6 +3,7 @@ pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod fuse;
 pub mod helper_protocols;
 pub mod names;

@@ -4,6 +4,7 @@
 mod backoff;
 mod cache;
 mod ecr;
+pub mod faulty;
 mod files;
 mod helper;
 pub mod matching;

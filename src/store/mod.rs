@@ -3,9 +3,11 @@
 //! and the staging rules live in `crate::upload`.
 
 mod azure;
+pub mod faulty;
 mod filesystem;
 mod instance;
 mod journal;
+mod memory;
 mod part_streamer;
 mod s3;
 mod spool;
@@ -13,6 +15,7 @@ mod streaming;
 
 pub use filesystem::FilesystemStore;
 pub use instance::release;
+pub use memory::MemoryStore;
 
 use crate::config::{StoreConfig, StoreProviderConfig};
 use crate::error::{Error, Result};
