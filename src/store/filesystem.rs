@@ -109,6 +109,15 @@ impl ProjectStore for FilesystemStore {
 
     async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
         let dir = self.bucket(bucket)?;
+        // As `stat` and every other store: a file in the bucket directory
+        // under another name is not an archive, and must not stand in for
+        // a staging file of that name.
+        if !is_archive_name(name) {
+            return Err(Error::not_found(format!(
+                "{}: not an archive",
+                dir.shown(name)
+            )));
+        }
         let name = name.to_string();
         blocking(move || {
             let shown = dir.shown(&name);
