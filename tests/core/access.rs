@@ -3,7 +3,9 @@
 
 use super::harness::*;
 use credfs::error::ErrorKind;
-use credfs::vfs::OpenFlags;
+use credfs::vfs::{OpenFlags, SetAttr};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 #[tokio::test]
 async fn the_owner_class_decides_for_each_caller() {
@@ -149,4 +151,36 @@ async fn the_root_lists_its_five_entries_and_registries_their_files() {
         kind(core.list("registries/team", OTHER).await),
         ErrorKind::PermissionDenied
     );
+}
+
+#[tokio::test]
+async fn metadata_changes_are_the_owners_and_the_tree_is_the_configs() {
+    let core = Core::start().await;
+    let key = core.lookup("secrets/app/key", OWNER).await.expect("key");
+    let chmod = SetAttr {
+        mode: true,
+        ..SetAttr::default()
+    };
+    let unchanged = core.fs.setattr(key.ino, chmod, OWNER).await.expect("chmod");
+    assert_eq!(
+        unchanged.ownership, key.ownership,
+        "modes come from the config"
+    );
+    assert_eq!(
+        kind(core.fs.setattr(key.ino, chmod, OTHER).await),
+        ErrorKind::NotPermitted
+    );
+    let bucket = core.lookup("projects/b", OWNER).await.expect("bucket").ino;
+    assert_eq!(kind(core.fs.mkdir(bucket)), ErrorKind::NotPermitted);
+    // One rule for names that are not UTF-8: never found, never made.
+    let not_utf8 = OsStr::from_bytes(b"p\xff.zip");
+    assert_eq!(
+        kind(core.fs.lookup(bucket, not_utf8, OWNER).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(core.fs.create(bucket, not_utf8, OWNER).await),
+        ErrorKind::InvalidInput
+    );
+    assert!(core.memory.names().is_empty());
 }
