@@ -11,6 +11,12 @@ pub use projects::RenameFlags;
 mod providers;
 pub mod published;
 mod status_doc;
+mod tree;
+mod types;
+mod values;
+
+pub use types::*;
+use values::{from_config, resting};
 
 pub use handles::{DirEntry, Handle};
 pub use providers::Providers;
@@ -19,140 +25,15 @@ pub use published::KernelCache;
 use crate::audit::{AuditLog, Operation};
 pub use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
-use crate::registry::{self, RegistryFile};
-use crate::secret::Secret;
+use crate::registry::RegistryFile;
 use crate::upload::Uploads;
-use access::Credentials;
-use futures::future::join_all;
 use handles::Handles;
 use inode::{Inodes, Node};
-use namespace::{Namespace, Ownership};
+use namespace::Namespace;
 use published::{Published, fingerprint};
 use std::ffi::OsStr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
-use tracing::{debug, warn};
-
-/// How long the kernel may trust names and attributes without asking; kept
-/// short because other hosts can change a store, and values that change
-/// through us are invalidated at once.
-pub const TTL: Duration = Duration::from_secs(1);
-
-/// Reported as st_blksize and by statfs: copy tools size their buffers by
-/// it, and fewer, larger writes cost less through FUSE.
-pub const BLOCK_SIZE: u32 = 1 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Attr {
-    pub ino: u64,
-    pub kind: Kind,
-    pub size: u64,
-    pub mtime: SystemTime,
-    pub ownership: Ownership,
-    /// What it shows depends on who asks: the kernel must not keep it for
-    /// the next caller.
-    pub per_caller: bool,
-}
-
-impl Attr {
-    /// How long the kernel may keep this name and these attributes.
-    pub fn ttl(&self) -> Duration {
-        if self.per_caller { Duration::ZERO } else { TTL }
-    }
-}
-
-/// The one rule for names that are not UTF-8: nothing in this tree has
-/// one, so looking one up finds nothing (ENOENT) and making one is refused
-/// (EINVAL).
-fn existing_name(name: &OsStr) -> Result<&str> {
-    name.to_str()
-        .ok_or_else(|| Error::not_found("a name that is not UTF-8"))
-}
-
-fn new_name(name: &OsStr) -> Result<&str> {
-    name.to_str()
-        .ok_or_else(|| Error::invalid("names here are UTF-8 text"))
-}
-
-/// What `setattr` asks for.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SetAttr {
-    pub size: Option<u64>,
-    /// The handle it came through (`ftruncate`), if any.
-    pub fh: Option<u64>,
-    /// chmod, chown, or new times: owner-only, and they change nothing.
-    pub mode: bool,
-    pub owner: bool,
-    pub times: bool,
-}
-
-/// What `statfs` reports: nothing to fill, and the sizes copy tools use.
-#[derive(Clone, Copy, Debug)]
-pub struct FsStats {
-    pub block_size: u32,
-    pub name_max: u32,
-}
-
-/// Where the number of an attribute reply comes from.
-enum Numbering {
-    /// A lookup: the kernel will hold the number until it forgets it.
-    Lookup,
-    /// The kernel asked by number (getattr).
-    Known(u64),
-}
-
-/// What an attribute reply tells the page-cache bookkeeping.
-enum Content {
-    None,
-    Value(u64),
-    Archive(u64),
-    Failed,
-}
-
-/// What a read returns. A value is answered from the secret itself, so no
-/// unwiped copy of it outlives the reply.
-pub enum ReadData {
-    Bytes(Vec<u8>),
-    Secret(Secret, std::ops::Range<usize>),
-}
-
-impl ReadData {
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            ReadData::Bytes(bytes) => bytes,
-            ReadData::Secret(secret, range) => &secret.expose()[range.clone()],
-        }
-    }
-}
-
-/// How the kernel may cache an opened file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CachePolicy {
-    /// The kernel's cached pages are current: keep them.
-    KeepCache,
-    /// Every read and write comes to us.
-    Direct,
-}
-
-#[derive(Clone, Debug)]
-pub struct Opened {
-    pub fh: u64,
-    pub cache: CachePolicy,
-    /// Closing needs no round trip (nothing to commit).
-    pub no_flush: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OpenFlags {
-    pub write: bool,
-    pub truncate: bool,
-}
+use tracing::warn;
 
 pub struct CredFs {
     namespace: RwLock<Arc<Namespace>>,
@@ -169,23 +50,6 @@ pub struct CredFs {
 
 fn refused(node: &Node) -> Error {
     Error::denied(format!("{} is read-only", node.path()))
-}
-
-/// The registry a config entry names, when it names one (ECR may leave it
-/// to the provider's answer).
-fn configured_registry<'a>(ns: &'a Namespace, name: &str) -> Option<&'a str> {
-    ns.config.registries.get(name)?.provider.registry()
-}
-
-/// The file's content is in the config: no provider call is needed.
-fn from_config(ns: &Namespace, name: &str, file: RegistryFile) -> bool {
-    file == RegistryFile::Registry && configured_registry(ns, name).is_some()
-}
-
-/// The registry's provider is resting after a failure, with nothing valid
-/// cached.
-fn resting(ns: &Namespace, name: &str) -> bool {
-    ns.registries.get(name).is_some_and(|r| r.resting())
 }
 
 impl CredFs {
@@ -311,160 +175,6 @@ impl CredFs {
         self.inodes
             .node(ino)
             .ok_or_else(|| Error::not_found(format!("inode {ino} is gone")))
-    }
-
-    /// The child called `name` of `parent`, if the current config has it.
-    fn child(&self, ns: &Namespace, parent: &Node, name: &str) -> Result<Node> {
-        let missing = || Error::not_found(format!("{}/{name}", parent.path()));
-        let child = match parent {
-            Node::Root => match name {
-                "registries" => Node::Registries,
-                "docker" => Node::Docker,
-                "secrets" => Node::Secrets,
-                "projects" => Node::Projects,
-                "status.json" => Node::Status,
-                _ => return Err(missing()),
-            },
-            Node::Registries if ns.registries.contains_key(name) => Node::Registry(name.into()),
-            Node::Registry(r) if name == "refresh" => Node::RegistryRefresh(r.clone()),
-            Node::Registry(r) => {
-                let file = RegistryFile::from_name(name).ok_or_else(missing)?;
-                Node::RegistryFile(r.clone(), file)
-            }
-            Node::Docker if name == "config.json" => Node::DockerConfig,
-            Node::Secrets if ns.config.secrets.contains_key(name) => Node::SecretGroup(name.into()),
-            Node::SecretGroup(g)
-                if ns
-                    .config
-                    .secrets
-                    .get(g)
-                    .is_some_and(|keys| keys.contains_key(name)) =>
-            {
-                Node::Secret(g.clone(), name.into())
-            }
-            Node::Projects if ns.buckets.contains_key(name) => Node::Bucket(name.into()),
-            Node::Bucket(b) => Node::Archive(b.clone(), name.into()),
-            node if !node.is_dir() => {
-                return Err(Error::new(ErrorKind::NotADirectory, node.path()));
-            }
-            _ => return Err(missing()),
-        };
-        Ok(child)
-    }
-
-    /// Whether `node` still exists in the current config (a number handed
-    /// out earlier may name a removed entry).
-    fn exists(&self, ns: &Namespace, node: &Node) -> bool {
-        match node {
-            Node::Registry(r) | Node::RegistryFile(r, _) | Node::RegistryRefresh(r) => {
-                ns.registries.contains_key(r)
-            }
-            Node::SecretGroup(g) => ns.config.secrets.contains_key(g),
-            Node::Secret(g, k) => ns
-                .config
-                .secrets
-                .get(g)
-                .is_some_and(|keys| keys.contains_key(k)),
-            Node::Bucket(b) | Node::Archive(b, _) => ns.buckets.contains_key(b),
-            _ => true,
-        }
-    }
-
-    /// The bytes a value file shows `caller` now.
-    async fn value(&self, ns: &Namespace, node: &Node, caller: Caller) -> Result<Secret> {
-        match node {
-            Node::RegistryFile(name, file) => {
-                let cached = ns
-                    .registries
-                    .get(name)
-                    .ok_or_else(|| Error::not_found(node.path()))?;
-                // The config already says which registry this is: finding a
-                // registry (`credfs get`, Docker's helper protocol) needs no
-                // provider call, and a broken provider cannot hide it.
-                if from_config(ns, name, *file)
-                    && let Some(host) = configured_registry(ns, name)
-                {
-                    return Ok(Secret::from(host.to_string()));
-                }
-                // The cache logs each failed provider call once; a read
-                // refused while the provider rests would only repeat it.
-                let credential = cached.get().await.map_err(|e| {
-                    debug!(path = %node.path(), error = %e, "credential unavailable");
-                    e
-                })?;
-                Ok(registry::render(*file, &credential))
-            }
-            Node::DockerConfig => {
-                // Only what the caller could read on its own, registry by
-                // registry: the aggregate must not widen anyone's access.
-                let mut credentials = Credentials::of(caller);
-                let readable: Vec<_> = ns
-                    .registries
-                    .iter()
-                    .filter(|(name, _)| {
-                        let password = Node::RegistryFile((*name).clone(), RegistryFile::Password);
-                        self.check_access_as(ns, &password, &mut credentials, access::READ)
-                            .is_ok()
-                    })
-                    .collect();
-                // All at once, under one deadline: a slow or hanging
-                // provider is left out instead of holding up the others.
-                let fetched = join_all(readable.into_iter().map(|(name, cached)| async move {
-                    let outcome = cached.get_within(registry::AGGREGATE_WAIT).await;
-                    if let Err(e) = &outcome {
-                        debug!(registry = %name, error = %e, "left out of docker/config.json");
-                    }
-                    outcome.ok()
-                }))
-                .await;
-                let available: Vec<_> = fetched.into_iter().flatten().collect();
-                Ok(registry::docker_config_json(
-                    available.iter().map(|c| c.as_ref()),
-                ))
-            }
-            Node::RegistryRefresh(_) => Ok(Secret::empty()),
-            Node::Secret(group, key) => ns
-                .config
-                .secrets
-                .get(group)
-                .and_then(|keys| keys.get(key))
-                .cloned()
-                .ok_or_else(|| Error::not_found(node.path())),
-            Node::Status => {
-                let last_error = self.last_error.lock().ok().and_then(|e| e.clone());
-                Ok(status_doc::render(
-                    ns,
-                    &self.uploads,
-                    &self.audit,
-                    self.held_inodes(),
-                    last_error.as_ref(),
-                ))
-            }
-            _ => Err(Error::new(ErrorKind::IsADirectory, node.path())),
-        }
-    }
-
-    fn ownership(&self, ns: &Namespace, node: &Node) -> Ownership {
-        match node {
-            Node::Registry(r) => ns.registry_ownership(r, true),
-            Node::RegistryFile(r, _) => ns.registry_ownership(r, false),
-            // Write-only: writing asks for a new credential.
-            Node::RegistryRefresh(r) => Ownership {
-                perm: 0o200,
-                ..ns.registry_ownership(r, false)
-            },
-            Node::Bucket(b) | Node::Archive(b, _) => match ns.buckets.get(b) {
-                Some(bucket) => ns.bucket_ownership(bucket, node.is_dir()),
-                None => ns.file_ownership(),
-            },
-            // Health carries no secret: anyone who can reach it may read it.
-            Node::Status => Ownership {
-                perm: 0o444,
-                ..ns.file_ownership()
-            },
-            node if node.is_dir() => ns.dir_ownership(),
-            _ => ns.file_ownership(),
-        }
     }
 
     /// The attributes of `node`. Everything that can fail comes before a
@@ -655,77 +365,6 @@ impl CredFs {
         }
     }
 
-    pub async fn opendir(&self, ino: u64, caller: Caller) -> Result<u64> {
-        let ns = self.namespace();
-        let node = self.node(ino)?;
-        if !node.is_dir() {
-            return Err(Error::new(ErrorKind::NotADirectory, node.path()));
-        }
-        self.check_access(&ns, &node, caller, access::READ)?;
-        let mut entries = vec![
-            DirEntry::new(ino, Kind::Dir, "."),
-            DirEntry::new(ino, Kind::Dir, ".."),
-        ];
-        let children: Vec<Node> = match &node {
-            Node::Root => vec![
-                Node::Registries,
-                Node::Docker,
-                Node::Secrets,
-                Node::Projects,
-                Node::Status,
-            ],
-            Node::Registries => ns
-                .registries
-                .keys()
-                .map(|r| Node::Registry(r.clone()))
-                .collect(),
-            Node::Registry(r) => RegistryFile::ALL
-                .into_iter()
-                .map(|f| Node::RegistryFile(r.clone(), f))
-                .chain([Node::RegistryRefresh(r.clone())])
-                .collect(),
-            Node::Docker => vec![Node::DockerConfig],
-            Node::Secrets => ns
-                .config
-                .secrets
-                .keys()
-                .map(|g| Node::SecretGroup(g.clone()))
-                .collect(),
-            Node::SecretGroup(g) => ns
-                .config
-                .secrets
-                .get(g)
-                .map(|keys| {
-                    keys.keys()
-                        .map(|k| Node::Secret(g.clone(), k.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Node::Projects => ns.buckets.keys().map(|b| Node::Bucket(b.clone())).collect(),
-            Node::Bucket(b) => self.archive_names(&ns, b).await?,
-            _ => Vec::new(),
-        };
-        for child in children {
-            let kind = if child.is_dir() {
-                Kind::Dir
-            } else {
-                Kind::File
-            };
-            entries.push(DirEntry::new(
-                self.inodes.listed(&child),
-                kind,
-                child.name(),
-            ));
-        }
-        Ok(self.handles.insert(Handle::Dir(entries)))
-    }
-
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Handle>> {
-        self.handles
-            .get(fh)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "unknown directory handle"))
-    }
-
     pub async fn open(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Result<Opened> {
         let ns = self.namespace();
         let node = self.node(ino)?;
@@ -775,54 +414,6 @@ impl CredFs {
         }
         let value = self.value(ns, node, caller).await?;
         Ok(self.opened_value(ino, node, value))
-    }
-
-    /// Answers a read-only open of a secret or of a cached credential's
-    /// file at once, on the calling thread: the common case needs no hop to
-    /// the async workers. `None`: ask `open`.
-    pub fn open_now(&self, ino: u64, flags: OpenFlags, caller: Caller) -> Option<Opened> {
-        if flags.write || flags.truncate {
-            return None;
-        }
-        let ns = self.namespace();
-        let node = self.inodes.node(ino)?;
-        // A refusal is answered, and audited, by `open`.
-        self.check_access(&ns, &node, caller, access::READ).ok()?;
-        let value = match &node {
-            Node::Secret(group, key) => ns.config.secrets.get(group)?.get(key)?.clone(),
-            Node::RegistryFile(name, file) => {
-                registry::render(*file, &*ns.registries.get(name)?.cached()?)
-            }
-            _ => return None,
-        };
-        // An open that cannot be recorded is answered by `open`.
-        self.audit
-            .record_open(|| node.path(), caller, Ok(()))
-            .ok()?;
-        Some(self.opened_value(ino, &node, value))
-    }
-
-    /// A handle on one value; the kernel keeps its cached copy only while
-    /// that copy is the value.
-    fn opened_value(&self, ino: u64, node: &Node, value: Secret) -> Opened {
-        let content = fingerprint(value.expose());
-        // status.json changes without a fingerprint we track, and a
-        // per-caller file must never be served from another caller's pages.
-        let keep = *node != Node::Status
-            && !node.is_per_caller()
-            && self.published.observe(ino, content).kernel_copy_valid;
-        let fh = self.handles.insert(Handle::Value(value));
-        let cache = if keep {
-            self.published.claim(fh, ino, content);
-            CachePolicy::KeepCache
-        } else {
-            CachePolicy::Direct
-        };
-        Opened {
-            fh,
-            cache,
-            no_flush: true,
-        }
     }
 
     /// Releases a handle that has nothing left to do (anything but a
