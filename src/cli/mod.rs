@@ -3,7 +3,6 @@
 mod check;
 mod mount;
 mod status;
-mod systemd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

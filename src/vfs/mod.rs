@@ -71,6 +71,18 @@ impl CredFs {
         fs
     }
 
+    /// The filesystem of `config`, its audit log open: what the daemon
+    /// serves at start (a reload goes through `reload`).
+    pub async fn start(
+        config: crate::config::Config,
+        providers: Providers,
+    ) -> std::result::Result<Self, String> {
+        let namespace = Namespace::build(config, None, &providers).await;
+        let fs = CredFs::new(namespace, providers);
+        fs.apply_audit(&fs.namespace().config)?;
+        Ok(fs)
+    }
+
     /// The audit settings of `config`, the same way at start (where an
     /// error stops the mount) and at reload (where the old log stays).
     pub fn apply_audit(&self, config: &crate::config::Config) -> std::result::Result<(), String> {

@@ -11,7 +11,6 @@ use credfs::registry::{self, RegistryProvider};
 use credfs::store::faulty::{FaultyStore, StoreOp};
 use credfs::store::{MemoryStore, ProjectStore};
 use credfs::vfs::inode::ROOT_INO;
-use credfs::vfs::namespace::Namespace;
 use credfs::vfs::{Attr, Caller, CredFs, Handle, OpenFlags, Providers};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,9 +113,9 @@ impl Core {
             },
         );
         let config = parse(&dir, config);
-        let audit = config.audit.as_ref().map(|a| a.path.clone());
-        let fs = CredFs::new(Namespace::build(config, None, &providers).await, providers);
-        fs.audit.configure(audit.as_deref()).expect("audit log");
+        let fs = CredFs::start(config, providers)
+            .await
+            .expect("the core starts");
         Core {
             fs,
             dir,
