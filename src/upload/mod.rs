@@ -4,6 +4,7 @@
 //! name, which checks and commits it.
 
 mod pending;
+mod quota;
 pub mod zip_check;
 
 pub use pending::Pending;
@@ -28,6 +29,7 @@ pub struct Uploads {
     files: Mutex<HashMap<Key, Arc<Pending>>>,
     /// Pending files one uid may have at once (`[mount] max_pending_uploads`).
     per_user: std::sync::atomic::AtomicUsize,
+    quota: quota::Quota,
 }
 
 impl Default for Uploads {
@@ -35,6 +37,7 @@ impl Default for Uploads {
         Uploads {
             files: Mutex::default(),
             per_user: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            quota: quota::Quota::default(),
         }
     }
 }
@@ -199,13 +202,13 @@ impl Uploads {
 
     /// One user cannot hold the daemon's descriptors, disk and tasks with
     /// placeholders: past the limit, a new pending file is EDQUOT.
-    fn check_pending_limit(&self, handle: &WriteHandle) -> Result<()> {
+    fn pending_slot(&self, handle: &WriteHandle) -> Result<quota::Slot> {
         let limit = self.per_user.load(std::sync::atomic::Ordering::Relaxed);
         let uid = handle.opener.uid;
-        let held = self.files().values().filter(|p| p.owner == uid).count();
-        if held < limit {
-            return Ok(());
-        }
+        let held = match self.quota.take(uid, limit) {
+            Ok(slot) => return Ok(slot),
+            Err(held) => held,
+        };
         warn!(
             uid,
             held,
@@ -286,13 +289,13 @@ impl Uploads {
                 let pending = match existing {
                     Some(pending) => pending,
                     None => {
-                        self.check_pending_limit(handle)?;
+                        let slot = self.pending_slot(handle)?;
                         let store = &handle.destination.store;
                         let upload = store.begin_upload(&handle.bucket, &handle.name).await?;
                         let pending = Arc::new(Pending::new(
                             handle.destination.max_object_size,
                             upload,
-                            handle.opener.uid,
+                            slot,
                         ));
                         if let Some(original) = &handle.original {
                             copy_into(&pending, original.as_ref()).await?;

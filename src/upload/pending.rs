@@ -10,8 +10,8 @@ use std::time::{Instant, SystemTime};
 
 pub struct Pending {
     max_object_size: Option<u64>,
-    /// The uid whose pending-upload limit this counts against.
-    pub owner: u32,
+    /// Its place in its uid's pending-upload limit, held while it lives.
+    _slot: super::quota::Slot,
     /// `None` once committed or aborted.
     upload: tokio::sync::Mutex<Option<Box<dyn Upload>>>,
     len: AtomicU64,
@@ -20,10 +20,14 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(max_object_size: Option<u64>, upload: Box<dyn Upload>, owner: u32) -> Self {
+    pub fn new(
+        max_object_size: Option<u64>,
+        upload: Box<dyn Upload>,
+        slot: super::quota::Slot,
+    ) -> Self {
         Pending {
             max_object_size,
-            owner,
+            _slot: slot,
             upload: tokio::sync::Mutex::new(Some(upload)),
             len: AtomicU64::new(0),
             writers: AtomicUsize::new(0),
