@@ -339,7 +339,17 @@ fn walk_once(path: &Path, want: Want) -> Result<Option<OwnedFd>, Distrust> {
                     make_dir(dir_fd.as_fd(), &name, &at)?;
                     opened = open_entry(dir_fd.as_fd(), &name, &at, readable);
                 }
-                Want::Dir { create: false } | Want::Program => return Ok(None),
+                // A directory is checked again when the daemon makes or
+                // opens it.
+                Want::Dir { create: false } => return Ok(None),
+                Want::Program => {
+                    // Whoever may create entries in the directory could put
+                    // a program there later: the sticky bit only guards
+                    // entries that exist.
+                    let parent = rustix::fs::fstat(dir_fd).map_err(io_at(dir_path))?;
+                    trusted_stat(dir_path, &parent, true, false)?;
+                    return Ok(None);
+                }
                 Want::File => {}
             }
         }

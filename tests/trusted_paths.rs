@@ -288,6 +288,66 @@ fn a_group_writable_helper_program_or_directory_is_refused() {
     );
 }
 
+/// A helper that does not exist yet passes only where nobody but root could
+/// create it: a sticky world-writable directory lets anyone plant it.
+#[test]
+fn a_missing_helper_under_a_directory_others_may_write_is_refused() {
+    let scratch = Scratch::new(
+        "[registries.h]\nprovider = \"helper\"\nregistry = \"ghcr.io/org\"\ncommand = [\"@DIR@/drop/h/helper\", \"get\"]\n",
+    );
+    let drop = scratch.mkdir("drop");
+    chmod(&drop, 0o1777);
+    scratch.assert_refused(
+        &[],
+        "4:11",
+        "helper program @DIR@/drop/h/helper: @DIR@/drop is writable by group and others (mode 1777)",
+    );
+    chmod(&drop, 0o755);
+    scratch.assert_passes(&[]);
+}
+
+/// The helper is checked again each time it runs: one made writable by
+/// others after the config was loaded is not run.
+#[test]
+fn a_helper_is_checked_again_before_each_run() {
+    let mut daemon = Daemon::prepare("");
+    let bin = daemon.dir.path().join("bin");
+    fs::create_dir_all(&bin).expect("bin");
+    let helper = bin.join("helper");
+    let ran = daemon.dir.path().join("ran");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\ntouch {}\necho '{{\"username\":\"u\",\"password\":\"trust-helper-pass-8c9d\"}}'\n",
+            ran.display()
+        ),
+    )
+    .expect("helper");
+    chmod(&helper, 0o755);
+    fs::write(
+        &daemon.config,
+        format!(
+            "[registries.h]\nprovider = \"helper\"\nregistry = \"h.example\"\ncommand = [\"{}\"]\n",
+            helper.display()
+        ),
+    )
+    .expect("config");
+    daemon.secret("trust-helper-pass-8c9d");
+    daemon.spawn();
+    chmod(&bin, 0o777);
+    let out = run(
+        "cat",
+        &[&daemon.path("registries/h/token").to_string_lossy()],
+    );
+    assert!(out.stdout.is_empty(), "an untrusted helper ran");
+    assert!(!ran.exists(), "the helper was not started");
+    let status = fs::read_to_string(daemon.path("status.json")).expect("status");
+    assert!(
+        status.contains("is writable by group and others"),
+        "status.json says why: {status}"
+    );
+}
+
 #[test]
 fn mount_refuses_an_untrusted_store_root_before_mounting() {
     let scratch = Scratch::new(&disk_config("store"));

@@ -140,6 +140,15 @@ impl HelperProvider {
     }
 
     async fn run(&self, refresh: bool) -> Result<Zeroizing<Vec<u8>>> {
+        // Checked at load too; again here, since the program may have
+        // appeared or changed since.
+        let program = std::path::Path::new(self.program());
+        crate::trust::check_program(program).map_err(|e| {
+            self.error(format_args!(
+                "refused: {}",
+                e.describe("helper program", program)
+            ))
+        })?;
         let mut child = self
             .command(refresh)
             .spawn()
