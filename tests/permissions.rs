@@ -330,3 +330,34 @@ fn a_crashing_daemon_leaves_no_core_file() {
         .collect();
     assert!(cores.is_empty(), "core files: {cores:?}");
 }
+
+/// Under the unit's capabilities (CAP_SYS_ADMIN alone, no CAP_SYS_PTRACE)
+/// the daemon still sees its callers' capabilities: root reads a uid-1000
+/// 0400 token, root without capabilities does not.
+#[test]
+fn capabilities_count_when_the_daemon_runs_as_the_unit_confines_it() {
+    require_program("setpriv");
+    let mut daemon = Daemon::prepare(
+        "[mount]\nallow_other = true\ndir_mode = \"0555\"\n[registries.ci]\nprovider = \"static\"\nregistry = \"ci.example\"\nusername = \"u\"\npassword = \"perm-unit-pass-3e4f\"\nuid = 1000\nmode = \"0400\"\n",
+    );
+    daemon.secret("perm-unit-pass-3e4f");
+    daemon.spawn_wrapped(
+        &[
+            "setpriv",
+            "--no-new-privs",
+            "--bounding-set=-all,+sys_admin",
+            "--inh-caps=-all",
+        ],
+        &[],
+    );
+    let token = daemon.path("registries/ci/token");
+    let token = token.to_string_lossy();
+    let root = run("cat", &[&token]);
+    assert_eq!(root.stdout, b"perm-unit-pass-3e4f", "{}", stderr(&root));
+    let refused = as_root_without_capabilities("cat", &[&token]);
+    assert!(
+        stderr(&refused).contains("Permission denied"),
+        "{}",
+        stderr(&refused)
+    );
+}
