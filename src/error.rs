@@ -79,10 +79,10 @@ impl Error {
     /// line.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         let message = message.into();
-        let message = match message.contains(char::is_control) {
+        let message = match message.contains(needs_escape) {
             true => message
                 .chars()
-                .map(|c| match c.is_control() {
+                .map(|c| match needs_escape(c) {
                     true => c.escape_default().to_string(),
                     false => c.to_string(),
                 })
@@ -139,6 +139,16 @@ impl Error {
     }
 }
 
+/// What could make a message look like something else in a log: control
+/// characters, line and paragraph separators, bidi overrides, and the
+/// backslash itself (so a name spelled `a\nb` differs from one with a
+/// newline in it).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -155,6 +165,14 @@ mod tests {
     fn control_characters_are_escaped() {
         let e = Error::invalid("projects/b/x\nFAKE line\u{1b}[31m");
         assert_eq!(e.message(), "projects/b/x\\nFAKE line\\u{1b}[31m");
+        let spelled = Error::invalid("projects/b/x\\nFAKE");
+        assert_eq!(spelled.message(), "projects/b/x\\\\nFAKE");
+        assert_ne!(
+            spelled.message(),
+            e.message().split(' ').next().unwrap_or("")
+        );
+        let bidi = Error::invalid("a\u{202E}b\u{2028}c");
+        assert_eq!(bidi.message(), "a\\u{202e}b\\u{2028}c");
     }
 
     #[test]
