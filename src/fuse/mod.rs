@@ -6,5 +6,5 @@ mod session;
 mod stale;
 
 pub use adapter::FuseAdapter;
-pub use session::{MountOptions, Mounted, mount};
+pub use session::{MountOptions, mount};
 pub use stale::{clean_stale_mount, is_credfs_mount};
