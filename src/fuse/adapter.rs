@@ -104,6 +104,13 @@ fn reply_entry(reply: ReplyEntry, attr: crate::error::Result<Attr>) {
     }
 }
 
+fn reply_empty(reply: ReplyEmpty, done: crate::error::Result<()>) {
+    match done {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn reply_attr(reply: ReplyAttr, attr: crate::error::Result<Attr>) {
     match attr {
         Ok(attr) => reply.attr(&attr.ttl(), &file_attr(&attr)),
@@ -205,20 +212,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _r: &Request, parent: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(parent.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.fs.rmdir(parent.0));
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_os_string();
         let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.unlink(parent.0, &name, caller).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            reply_empty(reply, fs.unlink(parent.0, &name, caller).await);
         });
     }
 
@@ -239,13 +240,10 @@ impl Filesystem for FuseAdapter {
         };
         let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs
+            let renamed = fs
                 .rename(parent.0, &name, new_parent.0, &new_name, flags, caller)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+                .await;
+            reply_empty(reply, renamed);
         });
     }
 
@@ -335,10 +333,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.flush(fh.0, caller).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+            reply_empty(reply, fs.flush(fh.0, caller).await);
         });
     }
 
@@ -369,10 +364,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.fs.fsync(fh.0));
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -427,10 +419,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.access(ino.0, mask.bits() as u16, caller(req)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.fs.access(ino.0, mask.bits() as u16, caller(req)),
+        );
     }
 
     /// Programs probe files with ioctls (Python asks every file it opens
