@@ -68,12 +68,24 @@ pub fn claim(parent: &TrustedDir, what: &str) -> Result<Arc<TrustedDir>> {
     if let Some(found) = claimed.get(&key) {
         return Ok(found.dir.clone());
     }
-    let dir = parent.subdir(&own_name(), what)?;
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let lock = rustix::fs::openat(dir.fd(), LOCK, flags, Mode::from_raw_mode(0o600))
-        .map_err(|e| Error::from_io(dir.shown(LOCK), &e.into()))?;
-    rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)
-        .map_err(|e| Error::from_io(dir.shown(LOCK), &e.into()))?;
+    // Between making the directory and locking it, another daemon's sweep
+    // may find the lock free and remove the directory: a removed directory
+    // (no links left) is never used; claim again.
+    let mut attempts = 0;
+    let (dir, lock) = loop {
+        let dir = parent.subdir(&own_name(), what)?;
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let lock = rustix::fs::openat(dir.fd(), LOCK, flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| Error::from_io(dir.shown(LOCK), &e.into()))?;
+        rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| Error::from_io(dir.shown(LOCK), &e.into()))?;
+        let still_there = rustix::fs::fstat(dir.fd()).is_ok_and(|s| s.st_nlink > 0)
+            && rustix::fs::fstat(&lock).is_ok_and(|s| s.st_nlink > 0);
+        attempts += 1;
+        if still_there || attempts >= 3 {
+            break (dir, lock);
+        }
+    };
     let dir = Arc::new(dir);
     claimed.insert(
         key,
