@@ -3,7 +3,6 @@
 use crate::config::{self, Config};
 use crate::error::Error;
 use crate::registry::{self, probe::Login};
-use crate::store;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -44,6 +43,8 @@ pub fn run(path: &Path, probe: bool) -> ExitCode {
 
 /// Prints ok or the error for each entry; never a value.
 async fn probe_all(config: &Config) -> bool {
+    // The daemon's providers, through the same seam the daemon uses.
+    let providers = crate::vfs::Providers::real();
     let mut healthy = true;
     let mut report = |what: String, result: Result<(), crate::error::Error>| match result {
         Ok(()) => println!("{what}: ok"),
@@ -53,9 +54,7 @@ async fn probe_all(config: &Config) -> bool {
         }
     };
     for (name, registry) in &config.registries {
-        let fetched = registry::provider_for(&registry.provider)
-            .fetch(false)
-            .await;
+        let fetched = providers.registry(&registry.provider).fetch(false).await;
         let what = format!("registry {name}");
         let credential = match fetched {
             Ok(credential) => credential,
@@ -79,7 +78,7 @@ async fn probe_all(config: &Config) -> bool {
         }
     }
     for (name, store_config) in &config.stores {
-        match store::open_store(store_config).await {
+        match providers.open_store(store_config).await {
             Ok(store) => {
                 for bucket in &store_config.buckets {
                     let listed = store.list(bucket).await.map(|_| ());
