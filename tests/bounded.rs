@@ -121,38 +121,24 @@ uid = 1000
     assert!(other.status.success(), "{}", stderr(&other));
     // Opening one archive name again and again cannot hide earlier
     // uploads: each open upload holds its place until it goes.
-    let out = run(
-        "python3",
-        &[
-            "-c",
-            &format!(
-                "import os\nfds = []\ntry:\n    for i in range(10):\n        fds.append(os.open({:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))\n    print('opened', len(fds))\nexcept OSError as e:\n    print('errno', e.errno, 'after', len(fds))\n",
-                staging("same.zip").to_string_lossy()
-            ),
-        ],
-    );
+    let open_same_name_ten_times = || {
+        let script = format!(
+            "import os\nfds = []\ntry:\n    for i in range(10):\n        fds.append(os.open({:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))\n    print('opened', len(fds))\nexcept OSError as e:\n    print('errno', e.errno, 'after', len(fds))\n",
+            staging("same.zip").to_string_lossy()
+        );
+        let out = run("python3", &["-c", &script]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("errno {} after 0", libc::EDQUOT),
-        "{}",
-        stderr(&out)
+        open_same_name_ten_times(),
+        format!("errno {} after 0", libc::EDQUOT)
     );
     fs::remove_file(staging("s1")).expect("rm");
-    let out = run(
-        "python3",
-        &[
-            "-c",
-            &format!(
-                "import os\nfds = []\ntry:\n    for i in range(10):\n        fds.append(os.open({:?}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))\n    print('opened', len(fds))\nexcept OSError as e:\n    print('errno', e.errno, 'after', len(fds))\n",
-                staging("same.zip").to_string_lossy()
-            ),
-        ],
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        open_same_name_ten_times(),
         format!("errno {} after 1", libc::EDQUOT),
-        "one place, one open upload of the same name: {}",
-        stderr(&out)
+        "one place, one open upload of the same name"
     );
     // Removing a staging file frees its place.
     fs::remove_file(staging("s0")).expect("rm");
