@@ -1,5 +1,6 @@
 //! A small executable for the credential-helper protocols only; symlink it
-//! as `registry-credentials` or `docker-credential-credfs`. It links none of
+//! as `registry-credentials`, `docker-credential-credfs` or
+//! `credfs-kubelet-provider`. It links none of
 //! the daemon, so it starts in a fraction of credfs's time.
 
 fn main() -> std::process::ExitCode {
@@ -9,7 +10,7 @@ fn main() -> std::process::ExitCode {
     };
     credfs::helper_protocols::dispatch_by_name(&args).unwrap_or_else(|| {
         eprintln!(
-            "credfs-helper: run me as registry-credentials or docker-credential-credfs (a symlink)"
+            "credfs-helper: run me as registry-credentials, docker-credential-credfs or credfs-kubelet-provider (a symlink)"
         );
         std::process::ExitCode::from(2)
     })

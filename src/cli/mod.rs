@@ -58,6 +58,13 @@ enum Command {
         #[arg(long)]
         mount: Option<PathBuf>,
     },
+    /// The kubelet's image credential provider plugin: one
+    /// CredentialProviderRequest on stdin, one response on stdout; also run
+    /// as `credfs-kubelet-provider`.
+    KubeletCredentialProvider {
+        #[arg(long)]
+        mount: Option<PathBuf>,
+    },
     /// Summarise status.json of a mounted tree.
     Status {
         /// The mount point [default: $CREDFS_MOUNT, else /run/credfs]
@@ -151,6 +158,9 @@ pub fn main() -> ExitCode {
         ),
         Command::DockerCredential { action, mount } => {
             crate::helper_protocols::docker(&action, &crate::helper_protocols::mountpoint(mount))
+        }
+        Command::KubeletCredentialProvider { mount } => {
+            crate::helper_protocols::kubelet(&crate::helper_protocols::mountpoint(mount))
         }
     }
 }

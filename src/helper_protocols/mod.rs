@@ -1,9 +1,14 @@
 //! The credential-helper protocols over a mounted tree: thin-edge's
 //! `registry-credentials get IMAGE [--refresh]` and Docker's
-//! `docker-credential-credfs get|list`. Served by `credfs get` and
+//! `docker-credential-credfs get|list`, and the kubelet's credential
+//! provider plugin (`kubelet.rs`). Served by `credfs get` and
 //! `credfs docker-credential`, by credfs under those names (symlinks), and
 //! by the small `credfs-helper` binary, which starts several times faster
 //! than the daemon's binary: a helper runs once per image pull.
+
+mod kubelet;
+
+pub use kubelet::run as kubelet;
 
 use crate::registry::matching;
 use serde_json::json;
@@ -95,25 +100,42 @@ fn registries(mount: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(found)
 }
 
+/// A registry's auth.json, as the daemon rendered it for this process.
+struct Auth {
+    username: Zeroizing<String>,
+    password: Zeroizing<String>,
+    registry: String,
+    expires_at: Option<String>,
+}
+
 /// Username and password of registry `name`, from its auth.json (one read
 /// instead of two: helpers run once per pull).
 fn credentials(mount: &Path, name: &str) -> Result<(Zeroizing<String>, Zeroizing<String>), String> {
-    let path = auth_json(mount, name);
-    let bytes = Zeroizing::new(
-        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
-    parse_auth(&path, &bytes)
+    let auth = read_auth(&auth_json(mount, name))?;
+    Ok((auth.username, auth.password))
 }
 
 fn auth_json(mount: &Path, name: &str) -> PathBuf {
     mount.join("registries").join(name).join("auth.json")
 }
 
-fn parse_auth(path: &Path, bytes: &[u8]) -> Result<(Zeroizing<String>, Zeroizing<String>), String> {
+fn read_auth(path: &Path) -> Result<Auth, String> {
+    let bytes = Zeroizing::new(
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    parse_auth(path, &bytes)
+}
+
+fn parse_auth(path: &Path, bytes: &[u8]) -> Result<Auth, String> {
     let auth: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|_| format!("{} is not JSON", path.display()))?;
-    let field = |key: &str| Zeroizing::new(auth[key].as_str().unwrap_or_default().to_string());
-    Ok((field("username"), field("password")))
+    let field = |key: &str| auth[key].as_str().unwrap_or_default().to_string();
+    Ok(Auth {
+        username: Zeroizing::new(field("username")),
+        password: Zeroizing::new(field("password")),
+        registry: field("registry"),
+        expires_at: auth["expires_at"].as_str().map(str::to_string),
+    })
 }
 
 fn refresh(mount: &Path, name: &str) -> Result<(), String> {
@@ -193,8 +215,8 @@ pub fn docker(action: &str, mount: &Path) -> ExitCode {
                     .zip(read_all(&paths, DEADLINE))
                     .zip(&paths)
                     .filter_map(|(((_, registry), read), path)| {
-                        let (user, _) = parse_auth(path, &read?).ok()?;
-                        Some((registry.clone(), json!(*user)))
+                        let auth = parse_auth(path, &read?).ok()?;
+                        Some((registry.clone(), json!(*auth.username)))
                     })
                     .collect();
                 println!("{}", serde_json::Value::Object(listing));
@@ -220,6 +242,14 @@ pub fn dispatch_by_name(args: &[String]) -> Option<ExitCode> {
     if program.starts_with("docker-credential-") {
         let action = args.get(1).map_or("", String::as_str);
         return Some(docker(action, &mount));
+    }
+    if program == "credfs-kubelet-provider" {
+        let mount = match args.get(1..) {
+            Some([flag, dir]) if flag == "--mount" => PathBuf::from(dir),
+            Some([]) | None => mount,
+            _ => return Some(fail("usage: credfs-kubelet-provider [--mount DIR]")),
+        };
+        return Some(kubelet(&mount));
     }
     if program == "registry-credentials" {
         return Some(match (args.get(1).map(String::as_str), args.get(2)) {
