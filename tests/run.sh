@@ -31,14 +31,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # moto serves the ECR API in the tests, azure-storage-blob creates Azurite
-# containers; one venv outside the clone, reused.
+# containers, kubernetes-validate checks deploy/kubernetes against the
+# Kubernetes schemas it ships; one venv outside the clone, reused.
 venv=/var/cache/credfs/venv
-if ! "$venv/bin/python" -c 'import moto.server, azure.storage.blob' >/dev/null 2>&1; then
-    echo "tests/run.sh: installing moto[server] and azure-storage-blob into $venv"
+if ! "$venv/bin/python" -c 'import moto.server, azure.storage.blob, kubernetes_validate' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing moto[server], azure-storage-blob and kubernetes-validate into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]' azure-storage-blob
+    "$venv/bin/pip" install -q 'moto[server]' azure-storage-blob kubernetes-validate
 fi
 export CREDFS_MOTO_PYTHON="$venv/bin/python"
+export CREDFS_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
 
 # s3s-fs serves S3 in the tests (0.15+ needs a newer rustc than this one).
 if [ ! -x /var/cache/credfs/bin/s3s-fs ]; then
