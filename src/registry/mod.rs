@@ -12,7 +12,7 @@ mod none;
 pub mod probe;
 mod static_secret;
 
-pub use cache::{AGGREGATE_WAIT, CachedRegistry};
+pub use cache::{AGGREGATE_WAIT, CachedRegistry, Refresh, refresh_delay};
 pub use files::{RegistryFile, docker_config_json, render};
 
 use crate::config::RegistryProviderConfig;

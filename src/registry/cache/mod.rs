@@ -92,10 +92,35 @@ fn jitter_unit() -> f64 {
     (seed % 2_000_001) as f64 / 1_000_000.0 - 1.0
 }
 
-/// When to refresh a credential fetched at `now` that expires at `expires_at`.
-pub fn refresh_delay(now: SystemTime, expires_at: SystemTime, jitter: f64) -> Duration {
+/// What a credential's refresh follows: the first fetch of an entry, or a
+/// refresh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    AfterColdFetch,
+    AfterRefresh,
+}
+
+/// When to refresh a credential fetched at `now` that expires at
+/// `expires_at`; `jitter` is a number in [-1, 1).
+///
+/// After a cold fetch the refresh falls anywhere between 5% and 50% of the
+/// life: a fleet started together (a cluster boot, a DaemonSet rollout)
+/// then spreads its refreshes evenly over one refresh period from the
+/// start, instead of refreshing in waves that only slowly blur. Later
+/// refreshes come at half-life ± `JITTER`, which keeps them spread
+/// (`benches/refresh_sim.rs` measures both).
+pub fn refresh_delay(
+    now: SystemTime,
+    expires_at: SystemTime,
+    after: Refresh,
+    jitter: f64,
+) -> Duration {
     let life = expires_at.duration_since(now).unwrap_or_default();
-    life.mul_f64((0.5 + JITTER * jitter).clamp(0.0, 1.0))
+    let fraction = match after {
+        Refresh::AfterColdFetch => 0.275 + 0.225 * jitter,
+        Refresh::AfterRefresh => 0.5 + JITTER * jitter,
+    };
+    life.mul_f64(fraction.clamp(0.0, 1.0))
 }
 
 /// How long to rest after `in_a_row` failures, with `left` of a still-valid
@@ -306,12 +331,17 @@ impl CachedRegistry {
 
     fn store(self: &Arc<Self>, credential: Credential) -> Arc<Credential> {
         let credential = Arc::new(credential);
-        let refresher = credential.expires_at.map(|at| {
-            let delay = refresh_delay(SystemTime::now(), at, jitter_unit());
-            tokio::spawn(refresh_later(Arc::downgrade(self), delay))
-        });
         let changed = {
             let mut state = self.state();
+            let after = if state.current.is_none() {
+                Refresh::AfterColdFetch
+            } else {
+                Refresh::AfterRefresh
+            };
+            let refresher = credential.expires_at.map(|at| {
+                let delay = refresh_delay(SystemTime::now(), at, after, jitter_unit());
+                tokio::spawn(refresh_later(Arc::downgrade(self), delay))
+            });
             let changed = state.current.as_deref() != Some(&*credential);
             state.current = Some(credential.clone());
             state.status = Some(EntryStatus::ok(credential.expires_at));

@@ -80,9 +80,19 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 fn refresh_comes_near_half_life() {
     let now = SystemTime::UNIX_EPOCH;
     let at = now + Duration::from_secs(100);
-    assert_eq!(refresh_delay(now, at, 0.0), Duration::from_secs(50));
-    assert_eq!(refresh_delay(now, at, 1.0), Duration::from_secs(60));
-    assert_eq!(refresh_delay(now, at, -1.0), Duration::from_secs(40));
+    let again = Refresh::AfterRefresh;
+    assert_eq!(refresh_delay(now, at, again, 0.0), Duration::from_secs(50));
+    assert_eq!(refresh_delay(now, at, again, 1.0), Duration::from_secs(60));
+    assert_eq!(refresh_delay(now, at, again, -1.0), Duration::from_secs(40));
+    // The first refresh of a fleet started together spreads over the whole
+    // first half of the life.
+    let cold = Refresh::AfterColdFetch;
+    assert_eq!(refresh_delay(now, at, cold, -1.0), Duration::from_secs(5));
+    assert_eq!(
+        refresh_delay(now, at, cold, 0.0),
+        Duration::from_millis(27_500)
+    );
+    assert_eq!(refresh_delay(now, at, cold, 1.0), Duration::from_secs(50));
     for _ in 0..100 {
         let j = jitter_unit();
         assert!((-1.0..=1.0).contains(&j));
