@@ -66,15 +66,7 @@ fn archives_round_trip_through_every_writer_and_reader() {
             assert_eq!(cat.stdout, fs::read(&zip).unwrap(), "cat after {script}");
         }
     }
-    let tree = setup.src.join("tree");
-    fs::create_dir_all(&tree).unwrap();
-    fs::write(tree.join("a.txt"), "alpha").unwrap();
-    let out = sh(&format!(
-        "cd {} && zip -qr {} tree",
-        setup.src.display(),
-        setup.mounted("zipped.zip").display()
-    ));
-    assert!(out.status.success(), "zip: {}", stderr(&out));
+    zip_tree_into(&setup.src, &setup.mounted("zipped.zip"));
     let listing = run(
         "ls",
         &[

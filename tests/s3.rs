@@ -145,15 +145,7 @@ fn every_writer_uploads_checked_archives() {
             );
         }
     }
-    let tree = setup.src.join("tree");
-    fs::create_dir_all(&tree).unwrap();
-    fs::write(tree.join("a.txt"), "alpha").unwrap();
-    let out = sh(&format!(
-        "cd {} && zip -qr {} tree",
-        setup.src.display(),
-        setup.mounted("zipped.zip").display()
-    ));
-    assert!(out.status.success(), "zip: {}", stderr(&out));
+    zip_tree_into(&setup.src, &setup.mounted("zipped.zip"));
     let listing = run(
         "unzip",
         &["-l", &setup.mounted("zipped.zip").to_string_lossy()],

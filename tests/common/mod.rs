@@ -291,6 +291,20 @@ pub fn make_zip(dir: &Path, name: &str, payload: usize) -> PathBuf {
     path
 }
 
+/// `zip -r target tree` run from `src`, over a small `tree/a.txt`: zip's
+/// create, write, seek back and rewrite the header.
+pub fn zip_tree_into(src: &Path, target: &Path) {
+    let tree = src.join("tree");
+    fs::create_dir_all(&tree).expect("mkdir tree");
+    fs::write(tree.join("a.txt"), "alpha").expect("write a.txt");
+    let out = sh(&format!(
+        "cd {} && zip -qr {} tree",
+        src.display(),
+        target.display()
+    ));
+    assert!(out.status.success(), "zip: {}", stderr(&out));
+}
+
 pub fn sha256(path: &Path) -> String {
     let out = run("sha256sum", &[&path.to_string_lossy()]);
     assert!(

@@ -178,6 +178,21 @@ impl Core {
         written.and(closed)
     }
 
+    /// `echo 1 > registries/NAME/refresh`: open for writing, write, close;
+    /// the write's outcome (a refused refresh fails the write).
+    pub async fn refresh(&self, registry: &str, who: Caller) -> Result<()> {
+        let path = format!("registries/{registry}/refresh");
+        let ino = self.lookup(&path, who).await?.ino;
+        let writing = OpenFlags {
+            write: true,
+            truncate: false,
+        };
+        let opened = self.fs.open(ino, writing, who).await?;
+        let written = self.fs.write(opened.fh, 0, b"1".to_vec(), who).await;
+        self.fs.release(opened.fh).await;
+        written.map(|_| ())
+    }
+
     /// The names a listing of `path` shows, `.` and `..` aside.
     pub async fn list(&self, path: &str, who: Caller) -> Result<Vec<String>> {
         let ino = self.lookup(path, who).await?.ino;

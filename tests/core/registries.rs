@@ -23,24 +23,7 @@ async fn a_failing_registry_is_eio_at_open_and_a_refresh_recovers() {
     assert!(!config.contains("open.example"), "{config}");
 
     core.registry_faults.clear();
-    let refresh = core
-        .lookup("registries/open/refresh", OWNER)
-        .await
-        .expect("refresh");
-    let writing = OpenFlags {
-        write: true,
-        truncate: false,
-    };
-    let opened = core
-        .fs
-        .open(refresh.ino, writing, OWNER)
-        .await
-        .expect("open refresh");
-    core.fs
-        .write(opened.fh, 0, b"1".to_vec(), OWNER)
-        .await
-        .expect("refresh");
-    core.fs.release(opened.fh).await;
+    core.refresh("open", OWNER).await.expect("refresh");
     assert_eq!(core.read_text(password, OTHER).await, OPEN_PASSWORD);
     let refreshes = core.audited("refresh");
     assert_eq!(refreshes.len(), 1);
@@ -52,22 +35,8 @@ async fn a_refused_refresh_is_eio_and_audited() {
     let core = Core::start().await;
     core.registry_faults
         .fail(RegistryOp::Fetch, .., Error::provider("injected"));
-    let refresh = core
-        .lookup("registries/open/refresh", OWNER)
-        .await
-        .expect("refresh");
-    let writing = OpenFlags {
-        write: true,
-        truncate: false,
-    };
-    let opened = core
-        .fs
-        .open(refresh.ino, writing, OWNER)
-        .await
-        .expect("open");
-    let written = core.fs.write(opened.fh, 0, b"1".to_vec(), OWNER).await;
+    let written = core.refresh("open", OWNER).await;
     assert_eq!(kind(written), ErrorKind::Provider);
-    core.fs.release(opened.fh).await;
     assert_eq!(core.audited("refresh")[0].2, "EIO");
 }
 
