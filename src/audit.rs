@@ -4,6 +4,7 @@
 
 use crate::caller::{Caller, process_name};
 use crate::error::{Error, ErrorKind, Result};
+use crate::sync::lock;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -62,10 +63,9 @@ impl AuditLog {
             Some(path) => Some((path.to_path_buf(), open_append(path)?)),
             None => None,
         };
-        if let Ok(mut slot) = self.file.lock() {
-            self.enabled.store(opened.is_some(), Ordering::Relaxed);
-            *slot = opened;
-        }
+        let mut slot = lock(&self.file);
+        self.enabled.store(opened.is_some(), Ordering::Relaxed);
+        *slot = opened;
         Ok(())
     }
 
@@ -79,19 +79,17 @@ impl AuditLog {
 
     /// Why lines are not being written, for `status.json`.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().ok()?.clone()
+        lock(&self.failure).clone()
     }
 
     pub fn path(&self) -> Option<PathBuf> {
-        self.file.lock().ok()?.as_ref().map(|(p, _)| p.clone())
+        lock(&self.file).as_ref().map(|(p, _)| p.clone())
     }
 
     /// Opens the path again: after logrotate moved the file away, lines go
     /// to a new one.
     pub fn reopen(&self) {
-        let Ok(mut slot) = self.file.lock() else {
-            return;
-        };
+        let mut slot = lock(&self.file);
         if let Some((path, file)) = slot.as_mut() {
             match open_append(path) {
                 Ok(reopened) => *file = reopened,
@@ -171,9 +169,7 @@ impl AuditLog {
         }
         let mut text = line.to_string();
         text.push('\n');
-        let Ok(mut slot) = self.file.lock() else {
-            return Err(Error::new(ErrorKind::Provider, "the audit log is unusable"));
-        };
+        let mut slot = lock(&self.file);
         let Some((path, file)) = slot.as_mut() else {
             return Ok(());
         };
@@ -187,9 +183,7 @@ impl AuditLog {
         if let Some(message) = &failure {
             warn!(error = %message, "audit line lost");
         }
-        if let Ok(mut slot) = self.failure.lock() {
-            *slot = failure.clone();
-        }
+        *lock(&self.failure) = failure.clone();
         match failure {
             Some(message) => Err(Error::new(ErrorKind::Provider, message)),
             None => Ok(()),

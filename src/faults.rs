@@ -4,6 +4,7 @@
 //! per operation from 1, so "the 3rd commit fails" is exact. A leaf.
 
 use crate::error::{Error, Result};
+use crate::sync::lock;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,7 +44,7 @@ impl<Op: Copy + PartialEq + Debug + Send> Faults<Op> {
     }
 
     fn plan(&self) -> MutexGuard<'_, Plan<Op>> {
-        self.plan.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.plan)
     }
 
     /// The calls of `op` numbered in `calls` (`3..=3`: the third; `..`:

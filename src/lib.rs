@@ -12,6 +12,7 @@ pub mod registry;
 pub mod secret;
 pub(crate) mod status;
 pub mod store;
+pub(crate) mod sync;
 pub(crate) mod systemd;
 pub(crate) mod trust;
 pub(crate) mod upload;

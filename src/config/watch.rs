@@ -3,6 +3,7 @@
 //! renaming another over it, Kubernetes swaps a symlink, and a deleted file
 //! may come back, each of which leaves an inode watch looking at nothing.
 
+use crate::sync::lock;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -129,9 +130,7 @@ impl ConfigWatcher {
             .flat_map(|(path, _)| [Some(path.clone()), std::fs::canonicalize(path).ok()])
             .flatten()
             .collect();
-        if let Ok(mut slot) = self.targets.lock() {
-            *slot = targets;
-        }
+        *lock(&self.targets) = targets;
         let wanted: BTreeSet<PathBuf> = self
             .files
             .iter()
@@ -154,9 +153,7 @@ impl ConfigWatcher {
 /// (one being created), or a symlink (a Kubernetes `..data` swap); a busy
 /// log file next to the config is none of these.
 fn touches_targets(paths: &[PathBuf], targets: &Mutex<Vec<PathBuf>>) -> bool {
-    let Ok(targets) = targets.lock() else {
-        return true;
-    };
+    let targets = lock(targets);
     paths.iter().any(|path| {
         targets.iter().any(|target| target.starts_with(path))
             || std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())

@@ -11,6 +11,7 @@
 
 use super::spool::{SPOOL_PREFIX, TrustedDir};
 use crate::error::{Error, Result};
+use crate::sync::lock;
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -52,10 +53,7 @@ struct Claimed {
 /// parent for the daemon's life, whichever store asks.
 fn claimed() -> std::sync::MutexGuard<'static, HashMap<(u64, u64), Claimed>> {
     static CLAIMED: OnceLock<Mutex<HashMap<(u64, u64), Claimed>>> = OnceLock::new();
-    CLAIMED
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    lock(CLAIMED.get_or_init(Mutex::default))
 }
 
 /// This daemon's directory in `parent`, made and locked on first use.

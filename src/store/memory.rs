@@ -6,6 +6,7 @@
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::error::{Error, ErrorKind, Result};
 use crate::names::is_archive_name;
+use crate::sync::lock;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +30,7 @@ struct Shelves {
 
 impl Shelves {
     fn objects(&self) -> MutexGuard<'_, BTreeMap<Key, Object>> {
-        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.objects)
     }
 }
 

@@ -12,6 +12,7 @@ pub use pending::Pending;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::ProjectStore;
 use crate::store::{ObjectInfo, ObjectReader};
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -98,7 +99,7 @@ impl WriteState {
 
 impl WriteHandle {
     fn state(&self) -> std::sync::MutexGuard<'_, WriteState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// A write or truncation failed: the upload is refused with `error`
@@ -174,7 +175,7 @@ impl WriteHandle {
 
 impl Uploads {
     fn files(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Pending>>> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.files)
     }
 
     fn key(bucket: &str, name: &str) -> Key {

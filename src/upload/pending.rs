@@ -4,6 +4,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{ObjectInfo, Upload};
+use crate::sync::lock;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
@@ -40,23 +41,15 @@ impl Pending {
     }
 
     pub fn modified(&self) -> SystemTime {
-        self.touched
-            .lock()
-            .map(|t| t.0)
-            .unwrap_or(SystemTime::UNIX_EPOCH)
+        lock(&self.touched).0
     }
 
     pub fn idle_since(&self) -> Instant {
-        self.touched
-            .lock()
-            .map(|t| t.1)
-            .unwrap_or_else(|_| Instant::now())
+        lock(&self.touched).1
     }
 
     fn touch(&self) {
-        if let Ok(mut t) = self.touched.lock() {
-            *t = (SystemTime::now(), Instant::now());
-        }
+        *lock(&self.touched) = (SystemTime::now(), Instant::now());
     }
 
     pub fn writers(&self) -> usize {

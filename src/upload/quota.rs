@@ -3,6 +3,7 @@
 //! goes down when the last holder lets go, not when the table forgets it:
 //! opening one name again and again cannot hide earlier uploads.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +20,7 @@ pub struct Slot {
 
 impl Quota {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.held)
     }
 
     /// A place for one more upload of `uid`, or how many it holds already.

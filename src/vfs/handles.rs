@@ -3,6 +3,7 @@
 use super::Kind;
 use crate::secret::Secret;
 use crate::store::ObjectReader;
+use crate::sync::lock;
 use crate::upload::{Pending, WriteHandle};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +46,7 @@ pub struct Handles {
 
 impl Handles {
     fn open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Handle>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.open)
     }
 
     pub fn insert(&self, handle: Handle) -> u64 {

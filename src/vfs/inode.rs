@@ -6,6 +6,7 @@
 //! the file, as on a disk filesystem; numbers are never reused.
 
 use crate::registry::RegistryFile;
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -201,9 +202,7 @@ impl Default for Inodes {
 
 impl Inodes {
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner)
     }
 
     /// The number of `node` for an entry the kernel is about to be given

@@ -15,6 +15,7 @@ mod tree;
 mod types;
 mod values;
 
+use crate::sync::lock;
 pub use types::*;
 use values::{from_config, resting};
 
@@ -164,16 +165,12 @@ impl CredFs {
 
     /// Records a problem that is not any one entry's (a refused reload).
     pub fn record_error(&self, message: impl Into<String>) {
-        if let Ok(mut slot) = self.last_error.lock() {
-            *slot = Some(crate::status::EntryStatus::error(message));
-        }
+        *lock(&self.last_error) = Some(crate::status::EntryStatus::error(message));
     }
 
     /// The running config is the file's again (a refused edit was undone).
     pub fn clear_error(&self) {
-        if let Ok(mut slot) = self.last_error.lock() {
-            *slot = None;
-        }
+        *lock(&self.last_error) = None;
     }
 
     pub fn namespace(&self) -> Arc<Namespace> {

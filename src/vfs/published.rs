@@ -8,6 +8,7 @@
 //! dropped it. So while such a handle is open, opens bypass the cache, and
 //! when the last one closes the kernel is told to drop its copy once more.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,7 +80,7 @@ impl Published {
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Seen>> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.seen)
     }
 
     pub fn observe(self: &Arc<Self>, ino: u64, fingerprint: u64) -> Observed {
@@ -150,9 +151,7 @@ impl Published {
     /// Handle `fh` on content `fingerprint` of `ino` lets the kernel cache
     /// pages.
     pub fn claim(&self, fh: u64, ino: u64, fingerprint: u64) {
-        if let Ok(mut claims) = self.claims.lock() {
-            claims.insert(fh, (ino, fingerprint));
-        }
+        lock(&self.claims).insert(fh, (ino, fingerprint));
         let mut seen = self.seen();
         let entry = seen
             .entry(ino)
@@ -163,8 +162,7 @@ impl Published {
     /// Handle `fh` is closed; if it was the last one on older content, the
     /// pages it may have read are dropped.
     pub fn release(self: &Arc<Self>, fh: u64) {
-        let Some((ino, fingerprint)) = self.claims.lock().ok().and_then(|mut c| c.remove(&fh))
-        else {
+        let Some((ino, fingerprint)) = lock(&self.claims).remove(&fh) else {
             return;
         };
         let mut seen = self.seen();

@@ -11,6 +11,7 @@ use super::*;
 use crate::error::{Error, ErrorKind, Result};
 use crate::registry::{self, RegistryFile};
 use crate::secret::Secret;
+use crate::sync::lock;
 use futures::future::join_all;
 use tracing::debug;
 
@@ -98,7 +99,7 @@ impl CredFs {
                 .cloned()
                 .ok_or_else(|| Error::not_found(node.path())),
             Node::Status => {
-                let last_error = self.last_error.lock().ok().and_then(|e| e.clone());
+                let last_error = lock(&self.last_error).clone();
                 Ok(status_doc::render(
                     ns,
                     &self.uploads,

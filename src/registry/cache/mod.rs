@@ -10,6 +10,7 @@
 use super::{Credential, RegistryProvider, backoff};
 use crate::error::{Error, Result};
 use crate::status::{EntryStatus, Retry};
+use crate::sync::lock;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use std::hash::{BuildHasher, RandomState};
@@ -185,14 +186,12 @@ impl CachedRegistry {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Called after every change of the credential (to tell the kernel).
     pub fn set_on_change(&self, hook: OnChange) {
-        if let Ok(mut slot) = self.on_change.lock() {
-            *slot = Some(hook);
-        }
+        *lock(&self.on_change) = Some(hook);
     }
 
     /// The cached credential if it is still valid, without waiting.
@@ -352,10 +351,7 @@ impl CachedRegistry {
             }
             changed
         };
-        if changed
-            && let Ok(hook) = self.on_change.lock()
-            && let Some(hook) = hook.as_ref()
-        {
+        if changed && let Some(hook) = lock(&self.on_change).as_ref() {
             hook();
         }
         credential
