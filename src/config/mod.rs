@@ -18,7 +18,7 @@ pub use checker::{ConfigError, ConfigErrors};
 pub use load::{load, load_watched, parse, state_dir};
 pub use providers::{
     AzureConfig, EcrConfig, FilesystemConfig, HelperConfig, HelperProtocol, NoneConfig,
-    RegistryProviderConfig, S3Config, StaticConfig, StoreProviderConfig,
+    RegistryProviderConfig, S3Config, StaticConfig, StoreProviderConfig, TransferConfig,
 };
 pub use values::{parse_duration, parse_size};
 

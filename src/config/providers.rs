@@ -106,6 +106,27 @@ pub struct S3Config {
     pub checksums: bool,
     /// Where uploads wait for their commit.
     pub spool_dir: PathBuf,
+    pub transfer: TransferConfig,
+}
+
+/// How much of an archive an object store moves at once: the ranges each
+/// open handle may have in flight (and their size), and the parts each
+/// upload may have in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferConfig {
+    pub read_concurrency: usize,
+    pub read_part_size: u64,
+    pub write_concurrency: usize,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            read_concurrency: 8,
+            read_part_size: 8 << 20,
+            write_concurrency: 8,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +137,7 @@ pub struct AzureConfig {
     pub endpoint_url: Option<String>,
     pub prefix: String,
     pub spool_dir: PathBuf,
+    pub transfer: TransferConfig,
 }
 
 impl StoreProviderConfig {

@@ -6,7 +6,10 @@ use super::endpoint::{Endpoint, parse_endpoint};
 use super::load::state_dir;
 use super::raw::RawStore;
 use super::values::parse_size;
-use super::{Access, AzureConfig, FilesystemConfig, S3Config, StoreConfig, StoreProviderConfig};
+use super::{
+    Access, AzureConfig, FilesystemConfig, S3Config, StoreConfig, StoreProviderConfig,
+    TransferConfig,
+};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -17,6 +20,12 @@ use toml::Spanned;
 const MAX_PART_SIZE: u64 = 5 << 30;
 const DEFAULT_PART_SIZE: u64 = 8 << 20;
 const MIN_PART_SIZE: u64 = 5 << 20;
+/// Ranges or parts one handle or upload may have in flight.
+const MAX_CONCURRENCY: i64 = 64;
+/// Bounds of `read_part_size`: each open handle holds up to
+/// `read_concurrency` of them.
+const MIN_READ_PART_SIZE: u64 = 64 << 10;
+const MAX_READ_PART_SIZE: u64 = 1 << 30;
 
 impl Checker<'_> {
     /// The spool directory, by default in the state directory; an error
@@ -154,6 +163,7 @@ impl Checker<'_> {
             self.error(span, "an azure:// endpoint needs provider = \"azure\"");
         }
         let part_size = self.part_size(&raw.part_size);
+        let transfer = self.transfer(&raw);
         let checksums = match &raw.checksums {
             None => Some(false),
             Some(v) => match v.get_ref().as_str() {
@@ -193,7 +203,49 @@ impl Checker<'_> {
             part_size: part_size?,
             checksums: checksums?,
             spool_dir: self.spool_dir(&raw.spool_dir, &raw.provider)?,
+            transfer: transfer?,
         })
+    }
+
+    /// `read_concurrency`, `read_part_size` and `write_concurrency`.
+    fn transfer(&mut self, raw: &RawStore) -> Option<TransferConfig> {
+        let defaults = TransferConfig::default();
+        let read_concurrency = self.concurrency("read_concurrency", &raw.read_concurrency);
+        let write_concurrency = self.concurrency("write_concurrency", &raw.write_concurrency);
+        let read_part_size = match &raw.read_part_size {
+            None => Some(defaults.read_part_size),
+            Some(v) => {
+                let size = parse_size(v.get_ref()).and_then(|s| {
+                    if (MIN_READ_PART_SIZE..=MAX_READ_PART_SIZE).contains(&s) {
+                        Ok(s)
+                    } else {
+                        Err(format!(
+                            "read_part_size `{}` must be between 64KiB and 1GiB",
+                            v.get_ref()
+                        ))
+                    }
+                });
+                self.check(&v.span(), size)
+            }
+        };
+        Some(TransferConfig {
+            read_concurrency: read_concurrency?.unwrap_or(defaults.read_concurrency),
+            read_part_size: read_part_size?,
+            write_concurrency: write_concurrency?.unwrap_or(defaults.write_concurrency),
+        })
+    }
+
+    /// A count of requests in flight, 1 to 64; `Some(None)` when not set.
+    fn concurrency(&mut self, key: &str, value: &Option<Spanned<i64>>) -> Option<Option<usize>> {
+        let Some(v) = value else {
+            return Some(None);
+        };
+        let count = match *v.get_ref() {
+            n @ 1..=MAX_CONCURRENCY => usize::try_from(n).ok(),
+            _ => None,
+        };
+        let count = count.ok_or_else(|| format!("{key} must be between 1 and {MAX_CONCURRENCY}"));
+        self.check(&v.span(), count).map(Some)
     }
 
     fn part_size(&mut self, value: &Option<Spanned<String>>) -> Option<u64> {
@@ -224,6 +276,7 @@ impl Checker<'_> {
         raw: RawStore,
         endpoint: Option<(Endpoint, Range<usize>)>,
     ) -> Option<AzureConfig> {
+        let transfer = self.transfer(&raw);
         let account = raw
             .account
             .map(Spanned::into_inner)
@@ -243,6 +296,7 @@ impl Checker<'_> {
             endpoint_url: raw.endpoint_url.map(Spanned::into_inner),
             prefix: raw.prefix.map(Spanned::into_inner).unwrap_or_default(),
             spool_dir: self.spool_dir(&raw.spool_dir, &raw.provider)?,
+            transfer: transfer?,
         })
     }
 }
@@ -264,6 +318,46 @@ mod tests {
         );
         assert!(
             e[1].starts_with("c.toml:8:17: invalid bucket name `no/slash`"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn transfer_settings_are_checked_where_they_are_written() {
+        let store = "[stores.s]\nprovider = \"s3\"\nbuckets = [\"b\"]\nspool_dir = \"/\"\n";
+        let e = errors(&format!(
+            "{store}read_concurrency = 0\nwrite_concurrency = 65\nread_part_size = \"2GiB\"\n"
+        ));
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].starts_with("c.toml:5:20: read_concurrency must be between 1 and 64"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("c.toml:6:21: write_concurrency must be between 1 and 64"),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("c.toml:7:18: read_part_size `2GiB` must be between 64KiB and 1GiB"),
+            "{e:?}"
+        );
+        let e = errors(&format!("{store}read_part_size = \"lots\"\n"));
+        assert!(
+            e[0].starts_with("c.toml:5:18: invalid size `lots`"),
+            "{e:?}"
+        );
+        let e = errors(&format!("{store}read_concurrency = \"8\"\n"));
+        assert!(
+            e[0].starts_with("c.toml:5:20: invalid type: string"),
+            "{e:?}"
+        );
+        let e = errors(
+            "[stores.f]\nprovider = \"filesystem\"\nroot = \"/\"\nbuckets = [\"b\"]\nwrite_concurrency = 4\n",
+        );
+        assert!(
+            e[0].starts_with(
+                "c.toml:5:21: key `write_concurrency` is not valid for provider `filesystem`"
+            ),
             "{e:?}"
         );
     }

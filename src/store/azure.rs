@@ -9,8 +9,8 @@
 
 use super::instance;
 use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
+use super::prefetch::{Body, Prefetcher, RangeSource, ReadTuning};
 use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
-use super::streaming::{Body, RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use crate::config::AzureConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -21,6 +21,7 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -31,6 +32,10 @@ pub struct AzureStore {
     containers: HashMap<String, Arc<dyn ObjectStore>>,
     prefix: String,
     spool_dir: Arc<TrustedDir>,
+    /// How each open handle reads.
+    tuning: ReadTuning,
+    /// Blocks each upload may have in flight.
+    write_concurrency: usize,
 }
 
 fn azure_error(operation: &str, what: &str, error: object_store::Error) -> Error {
@@ -100,6 +105,11 @@ impl AzureStore {
             containers: stores,
             prefix: config.prefix.clone(),
             spool_dir: Arc::new(spool_dir),
+            tuning: ReadTuning::new(
+                config.transfer.read_part_size,
+                config.transfer.read_concurrency,
+            ),
+            write_concurrency: config.transfer.write_concurrency,
         })
     }
 
@@ -154,25 +164,54 @@ impl ProjectStore for AzureStore {
         }
     }
 
-    /// Every GET of the handle must match the ETag seen here.
+    /// The first range's GET gives the size and the ETag, which every
+    /// later GET of the handle must match.
     async fn open(&self, container: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
         let what = format!("{container}/{name}");
         if !crate::upload::is_archive_name(name) {
             return Err(Error::not_found(what));
         }
-        let store = self.container(container)?.clone();
-        let path = self.path(name);
-        let meta = store.head(&path).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => Error::not_found(what.clone()),
-            e => azure_error("HEAD", &what, e),
-        })?;
-        let source = Blob {
-            store,
-            path,
-            etag: meta.e_tag.clone(),
+        let mut source = Blob {
+            store: self.container(container)?.clone(),
+            path: self.path(name),
+            etag: None,
             what,
         };
-        Ok(Box::new(StreamingReader::new(source, info_of(&meta))))
+        let first = GetOptions {
+            range: Some(GetRange::Bounded(0..self.tuning.first)),
+            ..GetOptions::default()
+        };
+        match source.store.get_opts(&source.path, first).await {
+            Ok(result) => {
+                let info = info_of(&result.meta);
+                source.etag = result.meta.e_tag.clone();
+                let first_end = result.range.end;
+                let body = source.body(result);
+                Ok(Box::new(Prefetcher::with_first(
+                    source,
+                    info,
+                    self.tuning,
+                    first_end,
+                    body,
+                )))
+            }
+            Err(object_store::Error::NotFound { .. }) => Err(Error::not_found(source.what)),
+            Err(e) => {
+                // An empty blob has no range to give: its HEAD says so.
+                let meta = source.store.head(&source.path).await;
+                match meta {
+                    Ok(meta) if meta.size == 0 => {
+                        source.etag = meta.e_tag.clone();
+                        Ok(Box::new(Prefetcher::new(
+                            source,
+                            info_of(&meta),
+                            self.tuning,
+                        )))
+                    }
+                    _ => Err(azure_error("GET", &source.what, e)),
+                }
+            }
+        }
     }
 
     async fn begin_upload(&self, container: &str, name: &str) -> Result<Box<dyn Upload>> {
@@ -232,11 +271,21 @@ impl Blob {
     }
 }
 
+impl Blob {
+    fn body(&self, result: object_store::GetResult) -> Body {
+        let what = self.what.clone();
+        result
+            .into_stream()
+            .map(move |chunk| chunk.map_err(|e| azure_error("GET", &what, e)))
+            .boxed()
+    }
+}
+
 #[async_trait]
 impl RangeSource for Blob {
-    async fn stream_from(&self, offset: u64) -> Result<Body> {
+    async fn get_range(&self, range: Range<u64>) -> Result<Body> {
         let options = GetOptions {
-            range: Some(GetRange::Offset(offset)),
+            range: Some(GetRange::Bounded(range)),
             if_match: self.etag.clone(),
             ..GetOptions::default()
         };
@@ -251,11 +300,7 @@ impl RangeSource for Blob {
         if self.etag.is_some() && result.meta.e_tag != self.etag {
             return Err(self.replaced());
         }
-        let what = self.what.clone();
-        Ok(result
-            .into_stream()
-            .map(move |chunk| chunk.map_err(|e| azure_error("GET", &what, e)))
-            .boxed())
+        Ok(self.body(result))
     }
 
     fn describe(&self) -> String {

@@ -16,6 +16,8 @@ pub enum StoreOp {
     Open,
     /// A read through an opened reader.
     Read,
+    /// One range GET of a prefetching reader (`FaultyRanges`).
+    GetRange,
     BeginUpload,
     Write,
     /// A read of the upload's own bytes (the archive check does this).
@@ -137,6 +139,27 @@ impl Upload for FaultyUpload {
 
     async fn abort(self: Box<Self>) {
         self.inner.abort().await
+    }
+}
+
+/// A source of range GETs that fails or stalls where a test says
+/// (`StoreOp::GetRange`), and otherwise is the source it wraps.
+#[cfg(test)]
+pub struct FaultyRanges<S> {
+    pub inner: S,
+    pub faults: Arc<Faults<StoreOp>>,
+}
+
+#[cfg(test)]
+#[async_trait]
+impl<S: super::prefetch::RangeSource> super::prefetch::RangeSource for FaultyRanges<S> {
+    async fn get_range(&self, range: std::ops::Range<u64>) -> Result<super::prefetch::Body> {
+        self.faults.enter(StoreOp::GetRange).await?;
+        self.inner.get_range(range).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 

@@ -245,6 +245,98 @@ impl Upload for MemoryUpload {
     async fn abort(self: Box<Self>) {}
 }
 
+/// An object of a `MemoryStore` as a source of range GETs pinned to the
+/// version seen when it was made, as `If-Match` pins S3's: once a commit
+/// replaces the object, every range fails. It records the ranges asked for
+/// and the most GETs in flight at once; `latency` delays each GET's answer.
+#[cfg(test)]
+pub struct MemoryRanges {
+    shelves: Arc<Shelves>,
+    key: Key,
+    version: u64,
+    pub latency: std::time::Duration,
+    pub log: Arc<RangeLog>,
+}
+
+#[cfg(test)]
+#[derive(Default)]
+pub struct RangeLog {
+    pub requests: Mutex<Vec<std::ops::Range<u64>>>,
+    active: AtomicU64,
+    pub most_active: AtomicU64,
+}
+
+#[cfg(test)]
+impl RangeLog {
+    pub fn requests(&self) -> Vec<std::ops::Range<u64>> {
+        lock(&self.requests).clone()
+    }
+}
+
+/// Counts a GET as in flight until its body is dropped.
+#[cfg(test)]
+struct InFlight(Arc<RangeLog>);
+
+#[cfg(test)]
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+impl MemoryStore {
+    pub fn ranges(&self, bucket: &str, name: &str) -> Result<(MemoryRanges, ObjectInfo)> {
+        let info = self
+            .shelves
+            .objects()
+            .get(&key(bucket, name))
+            .map(|o| o.info)
+            .ok_or_else(|| Error::not_found(format!("{bucket}/{name}")))?;
+        let ranges = MemoryRanges {
+            shelves: self.shelves.clone(),
+            key: key(bucket, name),
+            version: info.version,
+            latency: std::time::Duration::ZERO,
+            log: Arc::default(),
+        };
+        Ok((ranges, info))
+    }
+}
+
+#[cfg(test)]
+#[async_trait]
+impl super::prefetch::RangeSource for MemoryRanges {
+    async fn get_range(&self, range: std::ops::Range<u64>) -> Result<super::prefetch::Body> {
+        let log = self.log.clone();
+        lock(&log.requests).push(range.clone());
+        let now = log.active.fetch_add(1, Ordering::SeqCst) + 1;
+        log.most_active.fetch_max(now, Ordering::SeqCst);
+        let in_flight = InFlight(log);
+        tokio::time::sleep(self.latency).await;
+        let object = self.shelves.objects().get(&self.key).cloned();
+        let bytes = match object {
+            Some(object) if object.info.version == self.version => object.bytes,
+            _ => return Err(Error::provider(format!("{} was replaced", self.describe()))),
+        };
+        let end = (range.end as usize).min(bytes.len());
+        let start = (range.start as usize).min(end);
+        let chunks: Vec<bytes::Bytes> = bytes[start..end]
+            .chunks(64 << 10)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        let body = futures::stream::unfold(
+            (chunks.into_iter(), in_flight),
+            |(mut chunks, in_flight)| async move { chunks.next().map(|c| (Ok(c), (chunks, in_flight))) },
+        );
+        Ok(Box::pin(body))
+    }
+
+    fn describe(&self) -> String {
+        format!("{}/{}", self.key.0, self.key.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,9 @@ mod instance;
 mod journal;
 mod memory;
 mod part_streamer;
+mod prefetch;
 mod s3;
 mod spool;
-mod streaming;
 
 pub use filesystem::FilesystemStore;
 pub use instance::release;

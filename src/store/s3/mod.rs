@@ -27,8 +27,8 @@ use multipart::S3Bucket;
 use read::S3Object;
 
 use super::part_streamer::StreamingCommit;
+use super::prefetch::{Prefetcher, ReadTuning};
 use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
-use super::streaming::{RangeSource, StreamingReader};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
 use super::{instance, journal};
 use crate::config::S3Config;
@@ -41,6 +41,10 @@ pub struct S3Store {
     client: Client,
     prefix: String,
     part_size: u64,
+    /// How each open handle reads.
+    tuning: ReadTuning,
+    /// Parts each upload may have in flight.
+    write_concurrency: usize,
     /// The spool directory; uploads go to this daemon's own in it.
     spool_dir: Arc<TrustedDir>,
     /// The endpoint as the multipart journal names it.
@@ -90,6 +94,11 @@ impl S3Store {
             client: Client::from_conf(sdk.build()),
             prefix: config.prefix.clone(),
             part_size: config.part_size,
+            tuning: ReadTuning::new(
+                config.transfer.read_part_size,
+                config.transfer.read_concurrency,
+            ),
+            write_concurrency: config.transfer.write_concurrency,
             spool_dir: Arc::new(spool_dir),
             endpoint: config.endpoint_url.clone().unwrap_or_else(|| "aws".into()),
             buckets: buckets.to_vec(),
@@ -220,9 +229,10 @@ impl ProjectStore for S3Store {
             }))
     }
 
-    /// Starts the first GET at once and learns the size and ETag from it: a
-    /// HEAD first would cost a request (a whole-object one on some
-    /// servers). Every later GET of the handle must match that ETag.
+    /// Starts the first GET at once, for the first range only, and learns
+    /// the size and ETag from it: a HEAD first would cost a request (a
+    /// whole-object one on some servers). Every later GET of the handle
+    /// must match that ETag.
     async fn open(&self, bucket: &str, name: &str) -> Result<Box<dyn ObjectReader>> {
         if !crate::upload::is_archive_name(name) {
             return Err(Error::not_found(format!(
@@ -236,22 +246,16 @@ impl ProjectStore for S3Store {
             key: self.key(name),
             etag: None,
         };
-        let first = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(&source.key)
-            .send()
-            .await
-            .map_err(|e| s3_error("GetObject", &source.describe(), e))?;
-        source.etag = first.e_tag().map(str::to_string);
-        let info = ObjectInfo {
-            size: first.content_length().unwrap_or(0).max(0) as u64,
-            modified: modified(first.last_modified()),
-            version: self.version(first.e_tag(), false),
-        };
-        let body = S3Object::chunks(first.body, source.describe());
-        Ok(Box::new(StreamingReader::with_body(source, info, body)))
+        let opened = source.open(self.tuning.first).await?;
+        let info = opened.info(self.version(opened.etag.as_deref(), false));
+        source.etag = opened.etag;
+        Ok(Box::new(Prefetcher::with_first(
+            source,
+            info,
+            self.tuning,
+            opened.first_end,
+            opened.body,
+        )))
     }
 
     async fn begin_upload(&self, bucket: &str, name: &str) -> Result<Box<dyn Upload>> {

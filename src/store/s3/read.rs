@@ -1,13 +1,16 @@
-//! Reading an object: ranged GETs from a position, pinned to the ETag the
-//! first GET returned.
+//! Reading an object: a first ranged GET at open gives the size and the
+//! ETag; every later range of the handle is a ranged GET pinned to that ETag.
 
-use super::client::s3_error;
+use super::client::{modified, s3_error};
 
 use crate::error::{Error, Result};
-use crate::store::streaming::{Body, RangeSource};
+use crate::store::ObjectInfo;
+use crate::store::prefetch::{Body, RangeSource};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
+use std::ops::Range;
 
 /// Where a reader's GETs go.
 pub(super) struct S3Object {
@@ -16,6 +19,17 @@ pub(super) struct S3Object {
     pub(super) key: String,
     /// The version the handle reads; `None` when the server gave none.
     pub(super) etag: Option<String>,
+}
+
+/// What the GET made at open found.
+pub(super) struct Opened {
+    pub(super) etag: Option<String>,
+    /// Size of the whole object.
+    pub(super) size: u64,
+    pub(super) modified: std::time::SystemTime,
+    /// The first bytes: `0..first_end`.
+    pub(super) first_end: u64,
+    pub(super) body: Body,
 }
 
 impl S3Object {
@@ -27,7 +41,7 @@ impl S3Object {
         ))
     }
 
-    pub(super) fn chunks(body: ByteStream, what: String) -> Body {
+    fn chunks(body: ByteStream, what: String) -> Body {
         let chunks = futures::stream::unfold(Some(body), move |body| {
             let what = what.clone();
             async move {
@@ -44,17 +58,82 @@ impl S3Object {
         });
         Box::pin(chunks)
     }
+
+    /// The first `first` bytes (fewer when the object is smaller), with the
+    /// object's size and ETag: one request. An empty object, which has no
+    /// range to give, takes a second, plain GET.
+    pub(super) async fn open(&self, first: u64) -> Result<Opened> {
+        let ranged = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .range(format!("bytes=0-{}", first.max(1) - 1))
+            .send()
+            .await;
+        let object = match ranged {
+            Ok(object) => object,
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .send()
+                .await
+                .map_err(|e| s3_error("GetObject", &self.describe(), e))?,
+            Err(e) => return Err(s3_error("GetObject", &self.describe(), e)),
+        };
+        let length = object.content_length().unwrap_or(0).max(0) as u64;
+        let size = match object.content_range().and_then(parse_content_range) {
+            Some((_, total)) => total,
+            None => length,
+        };
+        Ok(Opened {
+            etag: object.e_tag().map(str::to_string),
+            size,
+            modified: modified(object.last_modified()),
+            first_end: length,
+            body: Self::chunks(object.body, self.describe()),
+        })
+    }
+
+    /// Checks that a response is the range asked for, of the version read.
+    fn check(&self, object: &GetObjectOutput, range: &Range<u64>) -> Result<()> {
+        // Checked here too: not every S3-compatible honours If-Match.
+        if self.etag.is_some() && object.e_tag() != self.etag.as_deref() {
+            return Err(self.replaced());
+        }
+        let start = object
+            .content_range()
+            .and_then(parse_content_range)
+            .map_or(0, |(start, _)| start);
+        if start != range.start {
+            return Err(Error::provider(format!(
+                "{}: asked for bytes from {}, got them from {start}",
+                self.describe(),
+                range.start
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `bytes START-END/TOTAL` → (START, TOTAL).
+fn parse_content_range(value: &str) -> Option<(u64, u64)> {
+    let (span, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (start, _) = span.split_once('-')?;
+    Some((start.parse().ok()?, total.parse().ok()?))
 }
 
 #[async_trait]
 impl RangeSource for S3Object {
-    async fn stream_from(&self, offset: u64) -> Result<Body> {
+    async fn get_range(&self, range: Range<u64>) -> Result<Body> {
         let object = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(&self.key)
-            .range(format!("bytes={offset}-"))
+            .range(format!("bytes={}-{}", range.start, range.end.max(1) - 1))
             .set_if_match(self.etag.clone())
             .send()
             .await
@@ -62,14 +141,37 @@ impl RangeSource for S3Object {
                 Some(412) => self.replaced(),
                 _ => s3_error("GetObject", &self.describe(), e),
             })?;
-        // Checked here too: not every S3-compatible honours If-Match.
-        if self.etag.is_some() && object.e_tag() != self.etag.as_deref() {
-            return Err(self.replaced());
-        }
+        self.check(&object, &range)?;
         Ok(Self::chunks(object.body, self.describe()))
     }
 
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+impl Opened {
+    pub(super) fn info(&self, version: u64) -> ObjectInfo {
+        ObjectInfo {
+            size: self.size,
+            modified: self.modified,
+            version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_range;
+
+    #[test]
+    fn content_ranges_give_the_start_and_the_whole_size() {
+        assert_eq!(
+            parse_content_range("bytes 0-1179647/1073742054"),
+            Some((0, 1073742054))
+        );
+        assert_eq!(parse_content_range("bytes 8-9/10"), Some((8, 10)));
+        assert_eq!(parse_content_range("bytes 0-9/*"), None);
+        assert_eq!(parse_content_range("items 0-9/10"), None);
     }
 }
