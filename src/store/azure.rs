@@ -8,7 +8,9 @@
 //! at open: one handle, one version.
 
 use super::instance;
-use super::part_streamer::{PartSink, PartSinks, PartTarget, StreamingCommit};
+use super::part_plan::PartPlan;
+use super::part_streamer::{PartTarget, Spooled, StreamingCommit};
+use super::parts::{PartFuture, PartSink, PartSinks, SentPart};
 use super::prefetch::{Body, Prefetcher, RangeSource, ReadTuning};
 use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
 use super::{ObjectInfo, ObjectReader, ProjectStore, Upload};
@@ -222,6 +224,7 @@ impl ProjectStore for AzureStore {
             store: self.container(container)?.clone(),
             name: container.to_string(),
             prefix: self.prefix.clone(),
+            concurrency: self.write_concurrency,
         };
         let committer = StreamingCommit::begin(target, &spool, name);
         Ok(Box::new(SpooledUpload::new(spool, committer)))
@@ -313,6 +316,7 @@ struct Container {
     store: Arc<dyn ObjectStore>,
     name: String,
     prefix: String,
+    concurrency: usize,
 }
 
 #[async_trait]
@@ -321,8 +325,12 @@ impl PartTarget for Container {
         format!("{}{name}", self.prefix)
     }
 
-    fn part_size(&self) -> u64 {
-        PART_SIZE
+    fn plan(&self) -> PartPlan {
+        PartPlan::azure(PART_SIZE)
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     fn sinks(&self, key: &str) -> Arc<dyn PartSinks> {
@@ -371,14 +379,37 @@ struct BlockSink {
 
 #[async_trait]
 impl PartSink for BlockSink {
-    async fn send(&mut self, part: bytes::Bytes) -> Result<()> {
-        self.upload
-            .put_part(PutPayload::from(part))
-            .await
-            .map_err(|e| azure_error("PUT block", &self.what, e))
+    /// Blocks are staged in the order they are prepared (the block list
+    /// keeps that order) and sent in parallel; each is read into memory
+    /// first, as object_store takes it.
+    async fn part(
+        &mut self,
+        spool: &Spooled,
+        number: u32,
+        range: Range<u64>,
+    ) -> Result<PartFuture> {
+        let file = spool.file.clone();
+        let length = range.end - range.start;
+        let bytes =
+            super::blocking(move || super::spool::read_full_at(&file, range.start, length)).await?;
+        if bytes.len() as u64 != length {
+            return Err(Error::provider("the upload spool ended early"));
+        }
+        let staged = self.upload.put_part(PutPayload::from(bytes));
+        let what = self.what.clone();
+        Ok(Box::pin(async move {
+            staged
+                .await
+                .map_err(|e| azure_error("PUT block", &what, e))?;
+            Ok(SentPart { number, etag: None })
+        }))
     }
 
-    async fn complete(&mut self) -> Result<()> {
+    fn buffers_parts(&self) -> bool {
+        true
+    }
+
+    async fn complete(&mut self, _: Vec<SentPart>) -> Result<()> {
         self.upload
             .complete()
             .await

@@ -97,8 +97,96 @@ fn untrusted(distrust: &trust::Distrust, what: &str, path: &Path) -> Error {
     }
 }
 
+/// The spool file being sent, as the descriptor that was checked, and the
+/// writes made to it.
+#[derive(Clone)]
+pub struct Spooled {
+    pub file: Arc<File>,
+    pub log: Arc<WriteLog>,
+}
+
+/// The writes to a spool while its parts are being sent. A part handed off
+/// for sending holds good only while nothing writes below its end: a write
+/// there (a writer seeking back to fix a header, a truncation) spoils what
+/// was sent, and the commit starts over from the spool. A part is not
+/// handed off while a write below its end is still running.
+#[derive(Default)]
+pub struct WriteLog {
+    state: std::sync::Mutex<WriteState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct WriteState {
+    /// Where the writes in progress start.
+    writing: Vec<u64>,
+    /// End of the bytes handed off for sending.
+    handed_off: u64,
+    spoiled: bool,
+}
+
+/// A write in progress; it ends when dropped.
+pub struct Writing {
+    log: Arc<WriteLog>,
+    offset: u64,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        {
+            let mut state = crate::sync::lock(&self.log.state);
+            if let Some(at) = state.writing.iter().position(|o| *o == self.offset) {
+                state.writing.swap_remove(at);
+            }
+        }
+        self.log.changed.notify_waiters();
+    }
+}
+
+impl WriteLog {
+    /// A write (or truncation) from `offset` begins.
+    pub fn begin(self: &Arc<Self>, offset: u64) -> Writing {
+        let mut state = crate::sync::lock(&self.state);
+        if offset < state.handed_off {
+            state.spoiled = true;
+        }
+        state.writing.push(offset);
+        Writing {
+            log: self.clone(),
+            offset,
+        }
+    }
+
+    /// Hands the bytes before `end` off for sending, unless a write below
+    /// `end` is running (then wait for `changed`).
+    pub fn hand_off(&self, end: u64) -> bool {
+        let mut state = crate::sync::lock(&self.state);
+        if state.writing.iter().any(|o| *o < end) {
+            return false;
+        }
+        state.handed_off = state.handed_off.max(end);
+        true
+    }
+
+    /// Whether a write landed in bytes handed off.
+    pub fn spoiled(&self) -> bool {
+        crate::sync::lock(&self.state).spoiled
+    }
+
+    /// Resolves at the end of the next write (or at `wake`).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Wakes whoever waits on `changed`.
+    pub fn wake(&self) {
+        self.changed.notify_waiters();
+    }
+}
+
 pub struct SpoolFile {
     file: Arc<File>,
+    log: Arc<WriteLog>,
     dir: Arc<TrustedDir>,
     /// `None` once handed over (renamed into place) or removed.
     name: Option<String>,
@@ -120,6 +208,7 @@ impl SpoolFile {
                 .map_err(|e| Error::from_io(dir.shown(&name), &e.into()))?;
             Ok(SpoolFile {
                 file: Arc::new(File::from(fd)),
+                log: Arc::default(),
                 dir,
                 name: Some(name),
             })
@@ -128,9 +217,10 @@ impl SpoolFile {
     }
 
     /// The open file, for sending it: the bytes that were checked.
-    pub fn spooled(&self) -> super::part_streamer::Spooled {
-        super::part_streamer::Spooled {
+    pub fn spooled(&self) -> Spooled {
+        Spooled {
             file: self.file.clone(),
+            log: self.log.clone(),
         }
     }
 
@@ -139,9 +229,13 @@ impl SpoolFile {
         self.file.metadata().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// The write is logged until it is done, even when its caller stops
+    /// waiting for it.
     pub async fn write_at(&self, offset: u64, data: Vec<u8>) -> Result<()> {
         let file = self.file.clone();
+        let writing = self.log.begin(offset);
         blocking(move || {
+            let _writing = writing;
             file.write_all_at(&data, offset)
                 .map_err(|e| Error::from_io("spool write", &e))
         })
@@ -155,7 +249,9 @@ impl SpoolFile {
 
     pub async fn set_len(&self, len: u64) -> Result<()> {
         let file = self.file.clone();
+        let writing = self.log.begin(len);
         blocking(move || {
+            let _writing = writing;
             file.set_len(len)
                 .map_err(|e| Error::from_io("truncate", &e))
         })

@@ -265,6 +265,28 @@ impl S3Server {
         }
     }
 
+    /// Uploads `path` as `bucket/key` through the S3 API (boto3, parallel
+    /// multipart), so the server keeps what it computes for an upload (its
+    /// ETag) as it would in production.
+    pub fn put(&self, bucket: &str, key: &str, path: &Path) {
+        let script = format!(
+            "import boto3\nfrom botocore.config import Config\nfrom boto3.s3.transfer import TransferConfig\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id={S3_ACCESS_KEY:?}, aws_secret_access_key={S3_SECRET_KEY:?}, region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}, request_checksum_calculation='when_required', response_checksum_validation='when_required'))\ns3.upload_file({:?}, {bucket:?}, {key:?}, Config=TransferConfig(multipart_chunksize=8 << 20, max_concurrency=8))\n",
+            self.endpoint(),
+            path.to_string_lossy()
+        );
+        let out = Command::new(moto_python())
+            .args(["-c", &script])
+            .env_remove("AWS_CA_BUNDLE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "uploading {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Where the server keeps `bucket/key` on disk.
     pub fn object(&self, bucket: &str, key: &str) -> PathBuf {
         self.dir.path().join("data").join(bucket).join(key)

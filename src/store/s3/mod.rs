@@ -18,6 +18,7 @@
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
+mod body;
 mod client;
 mod multipart;
 mod read;
@@ -26,6 +27,7 @@ use client::{modified, s3_error, text, urlencode_key};
 use multipart::S3Bucket;
 use read::S3Object;
 
+use super::part_plan::{PartPlan, s3_copy_in_parts};
 use super::part_streamer::StreamingCommit;
 use super::prefetch::{Prefetcher, ReadTuning};
 use super::spool::{SpoolFile, SpooledUpload, TrustedDir};
@@ -167,6 +169,36 @@ impl S3Store {
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
+
+    /// `key` as a one-key listing finds it.
+    async fn listed(&self, bucket: &str, key: &str) -> Result<Option<aws_sdk_s3::types::Object>> {
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(key)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| s3_error("ListObjectsV2", &format!("s3://{bucket}/{key}"), e))?;
+        // The key itself sorts first among the keys it prefixes.
+        Ok(listed
+            .contents()
+            .first()
+            .filter(|object| object.key() == Some(key))
+            .cloned())
+    }
+
+    fn bucket(&self, bucket: &str) -> S3Bucket {
+        S3Bucket {
+            client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
+            bucket: bucket.to_string(),
+            prefix: self.prefix.clone(),
+            plan: PartPlan::s3(self.part_size),
+            concurrency: self.write_concurrency,
+        }
+    }
 }
 
 #[async_trait]
@@ -207,26 +239,12 @@ impl ProjectStore for S3Store {
         if !crate::upload::is_archive_name(name) {
             return Ok(None);
         }
-        let key = self.key(name);
-        let listed = self
-            .client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(&key)
-            .max_keys(1)
-            .send()
-            .await
-            .map_err(|e| s3_error("ListObjectsV2", &format!("s3://{bucket}/{key}"), e))?;
-        // The key itself sorts first among the keys it prefixes.
-        Ok(listed
-            .contents()
-            .first()
-            .filter(|object| object.key() == Some(key.as_str()))
-            .map(|object| ObjectInfo {
-                size: object.size().unwrap_or(0).max(0) as u64,
-                modified: modified(object.last_modified()),
-                version: self.version(object.e_tag(), true),
-            }))
+        let listed = self.listed(bucket, &self.key(name)).await?;
+        Ok(listed.map(|object| ObjectInfo {
+            size: object.size().unwrap_or(0).max(0) as u64,
+            modified: modified(object.last_modified()),
+            version: self.version(object.e_tag(), true),
+        }))
     }
 
     /// Starts the first GET at once, for the first range only, and learns
@@ -262,14 +280,7 @@ impl ProjectStore for S3Store {
         let spool_dir = self.spool_dir.clone();
         let own = super::blocking(move || instance::claim(&spool_dir, "spool directory")).await?;
         let spool = SpoolFile::create(&own).await?;
-        let target = S3Bucket {
-            client: self.client.clone(),
-            endpoint: self.endpoint.clone(),
-            bucket: bucket.to_string(),
-            prefix: self.prefix.clone(),
-            part_size: self.part_size,
-        };
-        let committer = StreamingCommit::begin(target, &spool, name);
+        let committer = StreamingCommit::begin(self.bucket(bucket), &spool, name);
         Ok(Box::new(SpooledUpload::new(spool, committer)))
     }
 
@@ -290,17 +301,31 @@ impl ProjectStore for S3Store {
         Ok(())
     }
 
-    /// A server-side copy, then a delete of the old key.
+    /// A server-side copy (CopyObject, or UploadPartCopy ranges over
+    /// 5 GiB), then a delete of the old key.
     async fn rename(&self, bucket: &str, from: &str, to: &str) -> Result<ObjectInfo> {
         let (source, target) = (self.key(from), self.key(to));
-        self.client
-            .copy_object()
-            .bucket(bucket)
-            .key(&target)
-            .copy_source(format!("{bucket}/{}", urlencode_key(&source)))
-            .send()
-            .await
-            .map_err(|e| s3_error("CopyObject", &format!("s3://{bucket}/{source}"), e))?;
+        let what = format!("s3://{bucket}/{source}");
+        let listed = self
+            .listed(bucket, &source)
+            .await?
+            .ok_or_else(|| Error::not_found(what.clone()))?;
+        let size = listed.size().unwrap_or(0).max(0) as u64;
+        if s3_copy_in_parts(size) {
+            let etag = listed.e_tag().map(str::to_string);
+            self.bucket(bucket)
+                .copy_in_parts(&source, &target, size, etag)
+                .await?;
+        } else {
+            self.client
+                .copy_object()
+                .bucket(bucket)
+                .key(&target)
+                .copy_source(format!("{bucket}/{}", urlencode_key(&source)))
+                .send()
+                .await
+                .map_err(|e| s3_error("CopyObject", &what, e))?;
+        }
         self.delete(bucket, from).await?;
         self.stat(bucket, to).await?.ok_or_else(|| {
             Error::provider(format!("s3://{bucket}/{target} vanished after its copy"))

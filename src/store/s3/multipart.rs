@@ -1,16 +1,22 @@
 //! Writing an object: one PUT, or a multipart upload whose parts stream
-//! while the archive is written; every multipart upload is journaled until
-//! it completes or is aborted.
+//! from the spool while the archive is written, several at once; and the
+//! server-side copy of an object too large for CopyObject, in
+//! UploadPartCopy ranges. Every multipart upload is journaled until it
+//! completes or is aborted.
 
+use super::body::spool_body;
 use super::client::s3_error;
 
 use crate::error::{Error, Result};
 use crate::store::journal;
-use crate::store::part_streamer::{PartSink, PartSinks, PartTarget};
+use crate::store::part_plan::PartPlan;
+use crate::store::part_streamer::{PartTarget, Spooled};
+use crate::store::parts::{ParallelParts, PartFuture, PartSink, PartSinks, SentPart};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// One bucket, as the part streamer sees it.
@@ -19,7 +25,49 @@ pub(super) struct S3Bucket {
     pub(super) endpoint: String,
     pub(super) bucket: String,
     pub(super) prefix: String,
-    pub(super) part_size: u64,
+    pub(super) plan: PartPlan,
+    pub(super) concurrency: usize,
+}
+
+impl S3Bucket {
+    fn parts(&self, key: &str) -> S3Parts {
+        S3Parts {
+            client: self.client.clone(),
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    /// Copies `source` (`size` bytes, of version `etag` when known) to
+    /// `target` in UploadPartCopy ranges, several at once: CopyObject takes
+    /// at most 5 GiB.
+    pub(super) async fn copy_in_parts(
+        &self,
+        source: &str,
+        target: &str,
+        size: u64,
+        etag: Option<String>,
+    ) -> Result<()> {
+        let sink = self.parts(target).begin().await?;
+        let copier = Copier {
+            client: sink.client.clone(),
+            bucket: sink.bucket.clone(),
+            key: sink.key.clone(),
+            upload_id: sink.upload_id.clone(),
+            source: format!("{}/{}", self.bucket, super::client::urlencode_key(source)),
+            etag,
+        };
+        let mut parts = ParallelParts::new(Box::new(sink), self.concurrency, 0);
+        for range in PartPlan::s3_copy().parts(size) {
+            let copier = copier.clone();
+            if let Err(e) = parts.push(move |number| copier.part(number, range)).await {
+                parts.abort().await;
+                return Err(e);
+            }
+        }
+        parts.complete().await
+    }
 }
 
 #[async_trait]
@@ -28,17 +76,16 @@ impl PartTarget for S3Bucket {
         format!("{}{name}", self.prefix)
     }
 
-    fn part_size(&self) -> u64 {
-        self.part_size
+    fn plan(&self) -> PartPlan {
+        self.plan
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     fn sinks(&self, key: &str) -> Arc<dyn PartSinks> {
-        Arc::new(S3Parts {
-            client: self.client.clone(),
-            endpoint: self.endpoint.clone(),
-            bucket: self.bucket.clone(),
-            key: key.to_string(),
-        })
+        Arc::new(self.parts(key))
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
@@ -62,9 +109,9 @@ struct S3Parts {
     key: String,
 }
 
-#[async_trait]
-impl PartSinks for S3Parts {
-    async fn start(&self) -> Result<Box<dyn PartSink>> {
+impl S3Parts {
+    /// Creates the upload and journals it.
+    async fn begin(&self) -> Result<S3PartSink> {
         let what = format!("s3://{}/{}", self.bucket, self.key);
         let created = self
             .client
@@ -92,23 +139,23 @@ impl PartSinks for S3Parts {
             .await
             .map_err(|e| tracing::warn!(error = %e, "cannot journal a multipart upload"))
             .ok();
-        Ok(Box::new(S3PartSink {
+        Ok(S3PartSink {
             entry,
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: self.key.clone(),
             what,
             upload_id,
-            sent: Vec::new(),
-            in_flight: tokio::task::JoinSet::new(),
-            next_number: 1,
-        }))
+        })
     }
 }
 
-/// Parts in flight at once: one request leaves the link idle while the
-/// next part is prepared and while each response comes back.
-const PARTS_IN_FLIGHT: usize = 2;
+#[async_trait]
+impl PartSinks for S3Parts {
+    async fn start(&self) -> Result<Box<dyn PartSink>> {
+        Ok(Box::new(self.begin().await?))
+    }
+}
 
 struct S3PartSink {
     /// Removed once the upload is completed or aborted.
@@ -118,74 +165,110 @@ struct S3PartSink {
     key: String,
     what: String,
     upload_id: String,
-    sent: Vec<CompletedPart>,
-    in_flight: tokio::task::JoinSet<Result<CompletedPart>>,
-    next_number: i32,
 }
 
 impl S3PartSink {
-    async fn send_body(&mut self, body: ByteStream) -> Result<()> {
-        while self.in_flight.len() >= PARTS_IN_FLIGHT {
-            self.collect_one().await?;
-        }
-        let number = self.next_number;
-        self.next_number += 1;
+    /// The upload is over: its journal entry goes.
+    async fn forget(&mut self) {
+        forget(self.entry.take()).await;
+    }
+}
+
+async fn forget(entry: Option<journal::Entry>) {
+    if let Some(entry) = entry {
+        let _ = crate::store::blocking(move || {
+            entry.remove();
+            Ok(())
+        })
+        .await;
+    }
+}
+
+/// UploadPartCopy requests of one multipart upload.
+#[derive(Clone)]
+struct Copier {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    /// `bucket/key`, percent-encoded.
+    source: String,
+    etag: Option<String>,
+}
+
+impl Copier {
+    fn part(&self, number: u32, range: Range<u64>) -> PartFuture {
+        let request = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number as i32)
+            .copy_source(&self.source)
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+            .set_copy_source_if_match(self.etag.clone());
+        let what = format!("s3://{}/{}", self.bucket, self.key);
+        Box::pin(async move {
+            let copied = request
+                .send()
+                .await
+                .map_err(|e| s3_error("UploadPartCopy", &what, e))?;
+            Ok(SentPart {
+                number,
+                etag: copied
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(str::to_string),
+            })
+        })
+    }
+}
+
+#[async_trait]
+impl PartSink for S3PartSink {
+    /// The part streams from the spool as it is sent: no part sits in
+    /// memory, and its payload is not hashed for the signature.
+    async fn part(
+        &mut self,
+        spool: &Spooled,
+        number: u32,
+        range: Range<u64>,
+    ) -> Result<PartFuture> {
         let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&self.upload_id)
-            .part_number(number)
-            .body(body);
+            .part_number(number as i32)
+            .content_length((range.end - range.start) as i64)
+            .body(spool_body(spool, range));
         let what = self.what.clone();
-        self.in_flight.spawn(async move {
+        Ok(Box::pin(async move {
             let sent = request
                 .send()
                 .await
                 .map_err(|e| s3_error("UploadPart", &what, e))?;
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(sent.e_tag().map(str::to_string))
-                .build())
-        });
-        Ok(())
-    }
-
-    /// The upload is over: its journal entry goes.
-    async fn forget(&mut self) {
-        if let Some(entry) = self.entry.take() {
-            let _ = crate::store::blocking(move || {
-                entry.remove();
-                Ok(())
+            Ok(SentPart {
+                number,
+                etag: sent.e_tag().map(str::to_string),
             })
-            .await;
-        }
+        }))
     }
 
-    async fn collect_one(&mut self) -> Result<()> {
-        if let Some(done) = self.in_flight.join_next().await {
-            let part = done.map_err(|e| Error::provider(format!("UploadPart task: {e}")))??;
-            self.sent.push(part);
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl PartSink for S3PartSink {
-    async fn send(&mut self, part: bytes::Bytes) -> Result<()> {
-        self.send_body(ByteStream::from(part)).await
-    }
-
-    async fn complete(&mut self) -> Result<()> {
-        while !self.in_flight.is_empty() {
-            self.collect_one().await?;
-        }
-        let mut sent = std::mem::take(&mut self.sent);
-        sent.sort_by_key(|part| part.part_number());
+    async fn complete(&mut self, parts: Vec<SentPart>) -> Result<()> {
+        let parts = parts
+            .into_iter()
+            .map(|part| {
+                CompletedPart::builder()
+                    .part_number(part.number as i32)
+                    .set_e_tag(part.etag)
+                    .build()
+            })
+            .collect();
         let parts = CompletedMultipartUpload::builder()
-            .set_parts(Some(sent))
+            .set_parts(Some(parts))
             .build();
         self.client
             .complete_multipart_upload()
@@ -204,8 +287,6 @@ impl PartSink for S3PartSink {
     /// server cannot be reached (it may be why the upload failed), the abort
     /// is retried in the background until it is.
     async fn abort(&mut self) {
-        self.in_flight.abort_all();
-        while self.in_flight.join_next().await.is_some() {}
         let request = self
             .client
             .abort_multipart_upload()
@@ -232,15 +313,11 @@ impl PartSink for S3PartSink {
                     Err(_) => delay = (delay * 2).min(ABORT_RETRY_MAX),
                 }
             }
-            if !aborted {
+            if aborted {
+                forget(entry).await;
+            } else {
                 // The journal entry stays: the next start tries again.
                 tracing::warn!(upload = %what, "could not abort a failed multipart upload; the next start retries");
-            } else if let Some(entry) = entry {
-                let _ = crate::store::blocking(move || {
-                    entry.remove();
-                    Ok(())
-                })
-                .await;
             }
         });
     }
