@@ -116,12 +116,17 @@ fn keep_memory_private() {
 /// glibc gives each busy thread a malloc arena of its own (up to eight per
 /// core) and keeps what was freed in each: a burst of uploads across the
 /// tokio and blocking-pool threads sets the daemon's RSS for good (a soak
-/// measured 32 -> 97 MiB with the default, 32 -> 55 MiB with two). Set
-/// before any thread starts.
+/// measured 32 -> 97 MiB with the default, 32 -> 55 MiB with two). Blocks
+/// of 4 MiB and more (the range buffers of a reader's window) are mapped
+/// on their own and unmapped when freed: with glibc's sliding threshold
+/// they would come from the arenas after the first was freed, and a 1 GiB
+/// read left 157 MiB behind instead of its 64 MiB window. Set before any
+/// thread starts.
 fn keep_memory_bounded() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator; called before other threads.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }

@@ -341,13 +341,26 @@ impl PartTarget for Container {
         })
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+    async fn put(&self, key: &str, spool: &Spooled, size: u64) -> Result<()> {
+        let bytes = read_block(spool, 0..size).await?;
         self.store
             .put(&ObjectPath::from(key), PutPayload::from(bytes))
             .await
             .map(|_| ())
             .map_err(|e| azure_error("PUT", &format!("{}/{key}", self.name), e))
     }
+}
+
+/// `spool[range]` in memory, as object_store sends it.
+async fn read_block(spool: &Spooled, range: Range<u64>) -> Result<Vec<u8>> {
+    let file = spool.file.clone();
+    let length = range.end - range.start;
+    let bytes =
+        super::blocking(move || super::spool::read_full_at(&file, range.start, length)).await?;
+    if bytes.len() as u64 != length {
+        return Err(Error::provider("the upload spool ended early"));
+    }
+    Ok(bytes)
 }
 
 /// Block-list uploads to one blob.

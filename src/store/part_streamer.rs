@@ -192,8 +192,9 @@ pub trait PartTarget: Send + Sync {
     fn concurrency(&self) -> usize;
     /// Multipart uploads to `key`.
     fn sinks(&self, key: &str) -> Arc<dyn PartSinks>;
-    /// Stores a small object in one request.
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()>;
+    /// Stores a small object, the first `size` bytes of the spool, in one
+    /// request.
+    async fn put(&self, key: &str, spool: &Spooled, size: u64) -> Result<()>;
 }
 
 /// Commits a spool to an object store: the upload streamed while writing
@@ -239,9 +240,7 @@ impl<T: PartTarget> Committer for StreamingCommit<T> {
         };
         let plan = self.target.plan();
         if !streamed && !plan.is_multipart(size) {
-            // The whole size: a part may be larger than a u32.
-            let bytes = spool.read_at(0, size).await?;
-            self.target.put(&key, bytes).await?;
+            self.target.put(&key, &spool.spooled(), size).await?;
         } else if !streamed {
             let sink = self.target.sinks(&key).start().await?;
             let parts = ParallelParts::new(sink, self.target.concurrency(), plan.len(0));

@@ -11,9 +11,10 @@
 //! past the bytes kept behind) starts over with one small range there.
 //!
 //! Memory is bounded by the window, whatever the object size: the ranges
-//! requested ahead (at most `concurrency` of at most `part_size`, plus the one
-//! being read) and `keep_behind` bytes already read, kept for the slightly
-//! out-of-order reads the kernel sends. Every range is fetched from the
+//! requested ahead (at most `concurrency` of at most `part_size`, counting the
+//! one being read) and the last range read, kept until the reader is
+//! `keep_behind` past it for the slightly out-of-order reads the kernel
+//! sends. Every range is fetched from the
 //! version the source pinned at open (S3 and Azure send `If-Match` with the
 //! ETag they saw), so one handle never mixes two versions of an object.
 
@@ -26,7 +27,7 @@ use futures::stream::BoxStream;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 #[cfg(test)]
@@ -76,14 +77,26 @@ impl ReadTuning {
     }
 }
 
-/// One range: its GET runs in a task that passes the body's chunks on.
+/// What a range's task has received: its bytes so far, in one buffer (each
+/// chunk is copied in as it arrives, so the HTTP client's read buffers are
+/// never held by a range waiting to be read), and how it ended.
+struct Received {
+    /// The range's length.
+    length: usize,
+    bytes: std::sync::Mutex<Vec<u8>>,
+}
+
+#[derive(Clone, Default)]
+struct Progress {
+    received: u64,
+    failed: Option<Error>,
+}
+
+/// One range: its GET runs in a task that fills the range's buffer.
 struct Fetch {
     range: Range<u64>,
-    /// Chunks received and kept, covering `kept_from..received_to`.
-    chunks: VecDeque<Bytes>,
-    kept_from: u64,
-    received_to: u64,
-    incoming: mpsc::UnboundedReceiver<Result<Bytes>>,
+    received: Arc<Received>,
+    progress: watch::Receiver<Progress>,
     task: JoinHandle<()>,
     /// The reader got halfway through it (the window grew then).
     grew: bool,
@@ -97,112 +110,110 @@ impl Drop for Fetch {
 }
 
 impl Fetch {
-    fn start<S: RangeSource>(source: &Arc<S>, range: Range<u64>) -> Fetch {
+    fn start<S: RangeSource>(source: &Arc<S>, range: Range<u64>, buffer: Vec<u8>) -> Fetch {
         let source = source.clone();
         let wanted = range.clone();
-        Fetch::spawn(range, move |chunks| async move {
-            match source.get_range(wanted.clone()).await {
-                Ok(body) => pump(body, wanted.end - wanted.start, &chunks).await,
-                Err(e) => {
-                    let _ = chunks.send(Err(e));
-                }
+        Fetch::spawn(range, buffer, move |received, progress| async move {
+            match source.get_range(wanted).await {
+                Ok(body) => fill(body, &received, &progress).await,
+                Err(e) => progress.send_modify(|p| p.failed = Some(e)),
             }
         })
     }
 
     /// A range whose GET already answered (the one made at open).
     fn with_body(range: Range<u64>, body: Body) -> Fetch {
-        let length = range.end - range.start;
-        Fetch::spawn(range, move |chunks| async move {
-            pump(body, length, &chunks).await;
+        Fetch::spawn(range, Vec::new(), move |received, progress| async move {
+            fill(body, &received, &progress).await;
         })
     }
 
-    fn spawn<F, Fut>(range: Range<u64>, run: F) -> Fetch
+    /// Runs `run` on a task with `buffer` (cleared, grown to the range's
+    /// length) to fill.
+    fn spawn<F, Fut>(range: Range<u64>, mut buffer: Vec<u8>, run: F) -> Fetch
     where
-        F: FnOnce(mpsc::UnboundedSender<Result<Bytes>>) -> Fut,
+        F: FnOnce(Arc<Received>, watch::Sender<Progress>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (sender, incoming) = mpsc::unbounded_channel();
+        let length = usize::try_from(range.end - range.start).unwrap_or(0);
+        buffer.clear();
+        buffer.reserve_exact(length);
+        let received = Arc::new(Received {
+            length,
+            bytes: std::sync::Mutex::new(buffer),
+        });
+        let (sender, progress) = watch::channel(Progress::default());
         Fetch {
-            chunks: VecDeque::new(),
-            kept_from: range.start,
-            received_to: range.start,
-            incoming,
-            task: tokio::spawn(run(sender)),
+            task: tokio::spawn(run(received.clone(), sender)),
+            received,
+            progress,
             grew: false,
             range,
         }
     }
 
+    /// The range's buffer, for another range, once its task is done with it.
+    fn into_buffer(mut self) -> Option<Vec<u8>> {
+        if !self.task.is_finished() {
+            return None;
+        }
+        let received = std::mem::replace(
+            &mut self.received,
+            Arc::new(Received {
+                length: 0,
+                bytes: std::sync::Mutex::new(Vec::new()),
+            }),
+        );
+        Arc::into_inner(received).map(|r| r.bytes.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Waits until the bytes before `to` (within the range) have arrived.
     async fn receive_to(&mut self, to: u64) -> Result<()> {
-        while self.received_to < to {
-            match self.incoming.recv().await {
-                Some(Ok(chunk)) => {
-                    self.received_to += chunk.len() as u64;
-                    self.chunks.push_back(chunk);
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Err(Error::provider("a range GET stopped")),
-            }
+        let needed = to - self.range.start;
+        let progress = self
+            .progress
+            .wait_for(|p| p.received >= needed || p.failed.is_some())
+            .await
+            .map_err(|_| Error::provider("a range GET stopped"))?;
+        match &progress.failed {
+            Some(e) if progress.received < needed => Err(e.clone()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// Appends `from..to` (received and kept) to `out`.
+    /// Appends `from..to` (received) to `out`.
     fn copy(&self, from: u64, to: u64, out: &mut Vec<u8>) {
-        let mut start = self.kept_from;
-        for chunk in &self.chunks {
-            let end = start + chunk.len() as u64;
-            if end > from && start < to {
-                let a = from.saturating_sub(start) as usize;
-                let b = (to.min(end) - start) as usize;
-                out.extend_from_slice(&chunk[a..b]);
-            }
-            if end >= to {
-                break;
-            }
-            start = end;
-        }
-    }
-
-    /// Drops the chunks that end at or before `offset`.
-    fn forget_before(&mut self, offset: u64) {
-        while let Some(chunk) = self.chunks.front() {
-            let end = self.kept_from + chunk.len() as u64;
-            if end > offset {
-                break;
-            }
-            self.kept_from = end;
-            self.chunks.pop_front();
-        }
+        let bytes = crate::sync::lock(&self.received.bytes);
+        let (a, b) = (
+            (from - self.range.start) as usize,
+            (to - self.range.start) as usize,
+        );
+        out.extend_from_slice(&bytes[a..b]);
     }
 }
 
-/// Passes the body's chunks on, cut at `length` bytes; an early end is an
-/// error.
-async fn pump(mut body: Body, length: u64, chunks: &mpsc::UnboundedSender<Result<Bytes>>) {
-    let mut got = 0u64;
+/// Copies the body into the range's buffer, cut at its length; an early
+/// end is an error.
+async fn fill(mut body: Body, received: &Received, progress: &watch::Sender<Progress>) {
+    let length = received.length;
+    let mut got = 0;
     while got < length {
         let chunk = match body.next().await {
             Some(Ok(chunk)) => chunk,
             Some(Err(e)) => {
-                let _ = chunks.send(Err(e));
+                progress.send_modify(|p| p.failed = Some(e));
                 return;
             }
             None => break,
         };
-        let take = chunk.len().min((length - got) as usize);
-        got += take as u64;
-        if chunks.send(Ok(chunk.slice(..take))).is_err() {
-            return;
-        }
+        let take = chunk.len().min(length - got);
+        crate::sync::lock(&received.bytes).extend_from_slice(&chunk[..take]);
+        got += take;
+        progress.send_modify(|p| p.received = got as u64);
     }
     if got < length {
-        let _ = chunks.send(Err(Error::provider(format!(
-            "a range GET ended after {got} of {length} bytes"
-        ))));
+        let failed = Error::provider(format!("a range GET ended after {got} of {length} bytes"));
+        progress.send_modify(|p| p.failed = Some(failed));
     }
 }
 
@@ -210,6 +221,9 @@ async fn pump(mut body: Body, length: u64, chunks: &mpsc::UnboundedSender<Result
 /// reader to `requested_to`.
 struct Window {
     fetches: VecDeque<Fetch>,
+    /// Buffers of ranges read, for the next ranges: a handle allocates its
+    /// window once.
+    spare: Vec<Vec<u8>>,
     /// Where the next range starts.
     requested_to: u64,
     /// Most ranges ahead of the reader, counting the one it is in.
@@ -222,17 +236,27 @@ impl Window {
     fn new(offset: u64, tuning: &ReadTuning) -> Window {
         Window {
             fetches: VecDeque::new(),
+            spare: Vec::new(),
             requested_to: offset,
             limit: 1,
             next_len: tuning.first,
         }
     }
 
+    /// Starts over at `offset`, keeping the buffers.
+    fn restart(&mut self, offset: u64, tuning: &ReadTuning) {
+        let mut spare = std::mem::take(&mut self.spare);
+        spare.extend(self.fetches.drain(..).filter_map(Fetch::into_buffer));
+        spare.truncate(tuning.concurrency + 1);
+        *self = Window::new(offset, tuning);
+        self.spare = spare;
+    }
+
     /// First byte the window holds or will hold.
     fn kept_from(&self) -> u64 {
         self.fetches
             .front()
-            .map_or(self.requested_to, |f| f.kept_from)
+            .map_or(self.requested_to, |f| f.range.start)
     }
 
     /// Whether a read at `offset` is the window's: held, in flight, or
@@ -241,7 +265,7 @@ impl Window {
         offset >= self.kept_from() && offset <= self.requested_to + tuning.first
     }
 
-    /// Forgets what lies more than `keep_behind` before `offset`.
+    /// Forgets the ranges that end more than `keep_behind` before `offset`.
     fn trim(&mut self, offset: u64, tuning: &ReadTuning) {
         let keep_from = offset.saturating_sub(tuning.keep_behind);
         while self
@@ -249,10 +273,9 @@ impl Window {
             .front()
             .is_some_and(|f| f.range.end <= keep_from)
         {
-            self.fetches.pop_front();
-        }
-        if let Some(front) = self.fetches.front_mut() {
-            front.forget_before(keep_from);
+            let buffer = self.fetches.pop_front().and_then(Fetch::into_buffer);
+            self.spare.extend(buffer);
+            self.spare.truncate(tuning.concurrency + 1);
         }
     }
 
@@ -282,7 +305,8 @@ impl Window {
         while self.requested_to < size && (ahead < self.limit || self.requested_to < end) {
             let range = self.requested_to..(self.requested_to + self.next_len).min(size);
             self.requested_to = range.end;
-            self.fetches.push_back(Fetch::start(source, range));
+            let buffer = self.spare.pop().unwrap_or_default();
+            self.fetches.push_back(Fetch::start(source, range, buffer));
             self.next_len = (self.next_len * 2).min(tuning.part_size);
             ahead += 1;
         }
@@ -369,7 +393,7 @@ impl<S: RangeSource> ObjectReader for Prefetcher<S> {
         let mut window = self.window.lock().await;
         if !window.serves(offset, tuning) {
             tracing::debug!(object = %self.source.describe(), offset, "read outside the window: starting over there");
-            *window = Window::new(offset, tuning);
+            window.restart(offset, tuning);
         }
         window.trim(offset, tuning);
         window.grow(offset, end, tuning);
@@ -377,7 +401,7 @@ impl<S: RangeSource> ObjectReader for Prefetcher<S> {
         let read = window.copy(offset, end).await;
         if read.is_err() {
             // The next read asks again, from where it reads.
-            *window = Window::new(offset, tuning);
+            window.restart(offset, tuning);
         }
         read
     }

@@ -14,7 +14,6 @@ use crate::store::part_streamer::{PartTarget, Spooled};
 use crate::store::parts::{ParallelParts, PartFuture, PartSink, PartSinks, SentPart};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use std::ops::Range;
 use std::sync::Arc;
@@ -88,12 +87,14 @@ impl PartTarget for S3Bucket {
         Arc::new(self.parts(key))
     }
 
-    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+    /// Streamed from the spool, as a part is.
+    async fn put(&self, key: &str, spool: &Spooled, size: u64) -> Result<()> {
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(ByteStream::from(bytes))
+            .content_length(size as i64)
+            .body(spool_body(spool, 0..size))
             .send()
             .await
             .map_err(|e| s3_error("PutObject", &format!("s3://{}/{key}", self.bucket), e))?;
