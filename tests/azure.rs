@@ -17,11 +17,11 @@ struct Setup {
     src: PathBuf,
 }
 
-fn start_with_key(key: &str) -> Setup {
+fn start_with(key: &str, max_object_size: &str) -> Setup {
     let azurite = Azurite::start(&[CONTAINER]);
     let mut daemon = Daemon::prepare("");
     let config = format!(
-        "[stores.az]\nprovider = \"azure\"\nconnection_string = \"{}\"\nbuckets = [\"{CONTAINER}\"]\nspool_dir = \"{}\"\nmax_object_size = \"64MiB\"\n",
+        "[stores.az]\nprovider = \"azure\"\nconnection_string = \"{}\"\nbuckets = [\"{CONTAINER}\"]\nspool_dir = \"{}\"\nmax_object_size = \"{max_object_size}\"\n",
         azurite.connection_string(key),
         daemon.dir.path().join("spool").display()
     );
@@ -35,6 +35,10 @@ fn start_with_key(key: &str) -> Setup {
         daemon,
         src,
     }
+}
+
+fn start_with_key(key: &str) -> Setup {
+    start_with(key, "64MiB")
 }
 
 fn start() -> Setup {
@@ -222,4 +226,17 @@ fn blobs_of_edge_sizes_read_back_identical() {
 fn a_handle_never_mixes_two_versions_of_a_blob() {
     let setup = start();
     assert_one_version_per_handle(&setup.src, &setup.mounted("x.zip"));
+}
+
+/// A 1 GiB archive goes up in blocks staged in parallel while it is
+/// written, and reads back identical, whole and at random offsets.
+#[test]
+fn a_one_gib_archive_round_trips() {
+    let setup = start_with(AZURE_KEY, "2GiB");
+    let zip = make_zip(&setup.src, "big.zip", 1 << 30);
+    let target = setup.mounted("big.zip");
+    let out = cp(&zip, &target);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sha256(&target), sha256(&zip));
+    assert_eq!(random_reads(&target, &zip, 4, 40), "ok");
 }

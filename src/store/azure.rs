@@ -1,11 +1,13 @@
 //! `azure`: Azure Blob Storage through the `object_store` crate (the Arrow
 //! project's, maintained and used widely; the official Azure SDK crates for
 //! Rust are still being rewritten). Each bucket is a container; objects are
-//! `<prefix><name>.zip`. Reads stream like S3's; uploads go through a spool
-//! file like S3's: full blocks are sent while an archive is written and
-//! the block list committed after its check (one PUT when small), aborted
-//! on failure. A reader's GETs carry `If-Match` with the ETag of the HEAD
-//! at open: one handle, one version.
+//! `<prefix><name>.zip`. Reads prefetch ranges like S3's: the first range's
+//! GET at open gives the size and the ETag, and every later range carries
+//! `If-Match` with it (one handle, one version). Uploads go through a spool
+//! file like S3's: blocks are staged while an archive is written,
+//! `write_concurrency` at once (each read into memory, as object_store
+//! takes it, so the bytes in flight are bounded too), and the block list
+//! committed after its check (one PUT when small), aborted on failure.
 
 use super::instance;
 use super::part_plan::PartPlan;

@@ -466,3 +466,54 @@ pub fn assert_one_version_per_handle(src: &Path, target: &Path) {
         "a fresh open reads the new one"
     );
 }
+
+/// `readers` threads, each with its own handle on `target`, read it at
+/// `seeks` random offsets each (some followed by a few sequential reads,
+/// so windows grow and are thrown away), every read compared with
+/// `source`: "ok", or the first mismatch.
+pub fn random_reads(target: &Path, source: &Path, readers: usize, seeks: usize) -> String {
+    let script = format!(
+        "import os, random, threading\ndata = open({source:?}, 'rb').read()\nsize = len(data)\nbad = []\ndef reader(seed):\n    rnd = random.Random(seed)\n    with open({target:?}, 'rb', buffering=0) as f:\n        for _ in range({seeks}):\n            offset = rnd.randrange(size + 1000)\n            for _ in range(rnd.choice([1, 1, 2, 8])):\n                n = rnd.choice([1, 100, 4096, 65536, 1 << 20, 3 << 20])\n                f.seek(offset)\n                got = b''\n                while len(got) < n:\n                    chunk = f.read(n - len(got))\n                    if not chunk:\n                        break\n                    got += chunk\n                if got != data[offset:offset + n]:\n                    bad.append('%d bytes at %d' % (n, offset))\n                    return\n                offset += n\nthreads = [threading.Thread(target=reader, args=(s,)) for s in range({readers})]\nfor t in threads: t.start()\nfor t in threads: t.join()\nprint('mismatch: ' + bad[0] if bad else 'ok')\n",
+        source = source.to_string_lossy(),
+        target = target.to_string_lossy(),
+    );
+    let out = run("python3", &["-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Reads `target` (holding `old`) in 1 MiB chunks through one handle,
+/// calls `midway` after the first 8 MiB (which replaces the object, or
+/// stops its server), and reads on to the end: "old bytes" when every
+/// chunk was the old object's, "errno N" when a read failed (and nothing
+/// else was read before it), "mixed" otherwise.
+pub fn read_with_midway(target: &Path, old: &Path, midway: impl FnOnce()) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let script = format!(
+        "import os, time\nold = open({old:?}, 'rb').read()\nf = open({target:?}, 'rb', buffering=0)\noffset = 0\ndef chunk():\n    global offset\n    got = f.read(1 << 20)\n    if got != old[offset:offset + len(got)]:\n        print('mixed', flush=True)\n        raise SystemExit(0)\n    offset += len(got)\n    return got\nwhile offset < 8 << 20:\n    chunk()\nprint('ready', flush=True)\nwhile not os.path.exists({go:?}): time.sleep(0.01)\ntry:\n    while chunk(): pass\n    print('old bytes' if offset == len(old) else 'short', flush=True)\nexcept OSError as e:\n    print('errno', e.errno, flush=True)\n",
+        old = old.to_string_lossy(),
+        target = target.to_string_lossy(),
+        go = go.to_string_lossy(),
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut stdout, &mut line);
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        return line.trim().to_string();
+    }
+    midway();
+    fs::write(&go, "").expect("go");
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    let _ = child.wait();
+    rest.trim().to_string()
+}

@@ -1,20 +1,22 @@
 //! `s3`: AWS S3 and S3-compatibles (MinIO, GCS through HMAC keys, TOS, R2).
-//! Objects are `<prefix><name>.zip` in each bucket. A reader streams one
-//! ranged GET from its position (read-ahead bounded by TCP's window) and
-//! keeps the last 8 MiB, so memory stays bounded whatever the object size;
-//! a seek starts a new GET. Few GETs matter: some S3-compatibles pay a
-//! whole-object cost per request. Every GET of one handle asks for the
-//! ETag its first GET returned (`If-Match`), so a handle never mixes two
-//! versions of an object.
+//! Objects are `<prefix><name>.zip` in each bucket. A reader is a
+//! `Prefetcher` of ranged GETs: the first, small, at open (it gives the size
+//! and the ETag), then a window that grows to `read_concurrency` ranges of
+//! `read_part_size` in flight while the reader stays sequential. Every
+//! range asks for the ETag of the first (`If-Match`, and the answer's ETag
+//! is compared too), so a handle never mixes two versions of an object.
 //! Uploads are written to a local spool file. While an archive is being
-//! written, each full part goes up as part of a multipart upload; commit
-//! checks the archive, sends the rest and completes it (a small archive is
-//! one PUT). A write back into a part already sent, or a rename to another
-//! name, makes commit start over from the spool. Any failure aborts the
-//! multipart upload, so nothing is visible at the key until the archive is
-//! checked and complete. Each multipart upload is in the journal
-//! (`journal`) until it is completed or aborted, so that the next start
-//! aborts those a dead daemon left.
+//! written, its parts go up as a multipart upload, `write_concurrency` at
+//! once, each streamed from the spool (`body`); the part size grows for
+//! very large archives (`PartPlan`). Commit checks the archive, sends the
+//! rest and completes it (a small archive is one PUT). A write back into a
+//! part already sent, or a rename to another name, makes commit start over
+//! from the spool. Any failure aborts the multipart upload, so nothing is
+//! visible at the key until the archive is checked and complete. Each
+//! multipart upload is in the journal (`journal`) until it is completed or
+//! aborted, so that the next start aborts those a dead daemon left. A
+//! rename is a server-side copy: CopyObject, or UploadPartCopy ranges for
+//! an object over 5 GiB.
 //! Checksums are only those S3 requires unless `checksums =
 //! "when_supported"`: S3-compatibles reject AWS-only checksum headers.
 
