@@ -112,8 +112,12 @@ impl Podman {
     /// Its exit status is the container's, or 125-127 when podman itself
     /// failed.
     pub fn run(&self, args: &[&str]) -> Output {
-        let run = ["run", "--rm", "--quiet", "--net=none"];
-        self.output(&[&run, args].concat(), &[])
+        self.run_command(args).output().expect("cannot run podman")
+    }
+
+    /// What `run` runs, to spawn it.
+    pub fn run_command(&self, args: &[&str]) -> Command {
+        self.command(&[&["run", "--rm", "--quiet", "--net=none"], args].concat())
     }
 
     /// `podman pull --tls-verify=false --authfile AUTHFILE IMAGE` with `env`
