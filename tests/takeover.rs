@@ -380,3 +380,84 @@ fn sigusr2_leaves_the_mount_to_the_next_daemon_systemd_starts() {
         systemd.wait_ready(ready);
     });
 }
+
+/// A registry whose helper takes `seconds` and leaves a mark when it starts.
+fn slow_config(dir: &Path, seconds: u32) -> String {
+    let helper = dir.join("slow-helper");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\ntouch {mark}\nsleep {seconds}\necho '{{\"username\": \"u\", \"password\": \"slow-token-7e7e\"}}'\n",
+            mark = dir.join("helper-started").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}[registries.slow]\nprovider = \"helper\"\nregistry = \"slow.example\"\ncommand = [\"{}\"]\n",
+        CONFIG.replace("@DIR@", &dir.to_string_lossy()),
+        helper.display()
+    )
+}
+
+/// Starts `cat MNT/registries/slow/token`, kills the daemon while the
+/// helper behind it runs, starts the next one with the stored connection,
+/// and returns what `cat` printed, its success, and how long it took.
+fn crash_during_a_slow_read(readers: &str) -> (String, bool, Duration) {
+    let scratch = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::start(scratch.path());
+    let mut daemon = Daemon::prepare("");
+    fs::write(&daemon.config, slow_config(daemon.dir.path(), 3)).unwrap();
+    daemon.secret(TOKEN);
+    let mut env = systemd.env().to_vec();
+    env.push(("CREDFS_FUSE_READERS", readers));
+    daemon.spawn_with_env(&env);
+    systemd.wait_ready(1);
+    let started = Instant::now();
+    let cat = Command::new("cat")
+        .arg(daemon.path("registries/slow/token"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mark = daemon.dir.path().join("helper-started");
+    wait_for("the helper to start", Duration::from_secs(10), || {
+        mark.exists()
+    });
+    let (name, fd) = systemd.stored();
+    daemon.crash();
+    daemon.spawn_adopting(fd.as_raw_fd(), &name, &env);
+    systemd.wait_ready(2);
+    let out = cat.wait_with_output().unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    // The tree serves on either way.
+    assert_eq!(
+        fs::read(daemon.path("registries/x/token")).unwrap(),
+        TOKEN.as_bytes()
+    );
+    (printed, out.status.success(), started.elapsed())
+}
+
+#[test]
+fn a_request_in_flight_at_a_crash_is_resent_to_the_next_daemon() {
+    let (printed, success, _) = crash_during_a_slow_read("shared");
+    assert!(success, "{printed}");
+    assert_eq!(printed, "slow-token-7e7e");
+}
+
+#[test]
+fn read_from_clones_a_request_in_flight_at_a_crash_fails_instead_of_hanging() {
+    // What kernels before 6.9 get (they cannot resend): the error at once,
+    // not a caller stuck for ever.
+    let (printed, success, took) = crash_during_a_slow_read("clones");
+    assert!(!success, "{printed}");
+    assert!(
+        printed.contains("Software caused connection abort"),
+        "{printed}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "before the helper would answer: {took:?}"
+    );
+}

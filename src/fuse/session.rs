@@ -139,7 +139,32 @@ fn session_config(options: &MountOptions) -> Config {
     ];
     config.acl = acl(options);
     config.n_threads = Some(SESSION_THREADS);
+    config.clone_fd = read_from_clones();
     config
+}
+
+/// How the session reads requests. From Linux 6.9 the kernel can resend
+/// what a dead daemon had read (`FUSE_NOTIFY_RESEND`), so the workers read
+/// the connection itself. Before, each worker reads a clone of its own:
+/// when the daemon dies, the kernel fails the requests its clones had read
+/// (ECONNABORTED) instead of leaving their callers waiting for ever.
+/// `CREDFS_FUSE_READERS=clones` or `=shared` chooses (for tests).
+fn read_from_clones() -> bool {
+    match std::env::var("CREDFS_FUSE_READERS").as_deref() {
+        Ok("clones") => return true,
+        Ok("shared") => return false,
+        _ => {}
+    }
+    kernel_version().is_some_and(|version| version < (6, 9))
+}
+
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse().ok());
+    Some((numbers.next()??, numbers.next()??))
 }
 
 fn acl(options: &MountOptions) -> SessionACL {

@@ -298,7 +298,17 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut channels = Vec::with_capacity(n_threads);
 
-        for _ in 0..n_threads_minus_one {
+        // credfs patch: with clone_fd every worker reads a clone of its own
+        // and the original descriptor is never read. When the process dies,
+        // the kernel fails the requests its clones had read (ECONNABORTED)
+        // instead of leaving their callers waiting for ever, and the
+        // connection lives on in any other copy of the original.
+        let clones_to_make = if config.clone_fd {
+            n_threads
+        } else {
+            n_threads_minus_one
+        };
+        for _ in 0..clones_to_make {
             if config.clone_fd {
                 #[cfg(target_os = "linux")]
                 {
@@ -313,7 +323,12 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
-        channels.push(ch);
+        let _unread_original = if config.clone_fd {
+            Some(ch)
+        } else {
+            channels.push(ch);
+            None
+        };
 
         let mut threads = Vec::with_capacity(n_threads);
 
