@@ -153,6 +153,12 @@ pub fn check_program(path: &Path) -> Result<(), Distrust> {
     walk(path, Want::Program).map(|_| ())
 }
 
+/// Checks a file credfs reads anew later (a rotated token) and its
+/// directories; a missing one passes like a missing program.
+pub fn check_file(path: &Path) -> Result<(), Distrust> {
+    walk(path, Want::Program).map(|_| ())
+}
+
 /// Checks a directory credfs writes into, which must not be a symlink; a
 /// missing one passes like a missing program (it is made when opened).
 pub fn check_dir(path: &Path) -> Result<(), Distrust> {

@@ -261,7 +261,7 @@ key = "v"
         assert_eq!(
             errors("[registries.x]\nprovider = \"magic\"\n"),
             [
-                "c.toml:2:12: unknown registry provider `magic`, expected one of: ecr, static, helper, none, thin-edge"
+                "c.toml:2:12: unknown registry provider `magic`, expected one of: ecr, gcp, acr, static, helper, none, thin-edge"
             ]
         );
         let unknown = errors("[mount]\npath = \"/x\"\nfrobnicate = 1\n");
