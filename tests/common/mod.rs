@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod servers;
+pub mod token_servers;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
