@@ -204,7 +204,7 @@ impl Checker<'_> {
     /// `managed_identity = true`.
     fn azure_identity(&mut self, table: &Range<usize>, raw: &RawRegistry) -> Option<AzureIdentity> {
         let managed = raw.managed_identity.as_ref().filter(|m| *m.get_ref());
-        let sources: Vec<(&str, Range<usize>)> = [
+        let mut sources: Vec<(&str, Range<usize>)> = [
             (
                 "client_secret",
                 raw.client_secret.as_ref().map(Spanned::span),
@@ -218,6 +218,7 @@ impl Checker<'_> {
         .into_iter()
         .filter_map(|(name, span)| Some((name, span?)))
         .collect();
+        sources.sort_by_key(|(_, span)| span.start);
         let Some((first, _)) = sources.first() else {
             self.error(
                 table,
