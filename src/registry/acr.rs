@@ -39,12 +39,12 @@ impl AcrProvider {
     }
 }
 
-/// When a refresh token fetched at `now` expires.
+/// When a refresh token fetched at `now` expires: its `exp`, a JWT
+/// NumericDate (seconds, which RFC 7519 lets carry a fraction).
 fn refresh_token_expiry(token: &Secret, now: SystemTime) -> SystemTime {
-    match unverified_claim::<u64>(token, "exp") {
-        Some(exp) => SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
-        None => now + REFRESH_TOKEN_LIFE,
-    }
+    unverified_claim::<f64>(token, "exp")
+        .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
+        .map_or(now + REFRESH_TOKEN_LIFE, |exp| SystemTime::UNIX_EPOCH + exp)
 }
 
 #[async_trait]
@@ -96,6 +96,18 @@ mod tests {
         assert_eq!(
             refresh_token_expiry(&jwt, now),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_005_000)
+        );
+        let claims = URL_SAFE_NO_PAD.encode(r#"{"exp":1005000.25}"#);
+        let fraction = Secret::from(format!("e30.{claims}."));
+        assert_eq!(
+            refresh_token_expiry(&fraction, now),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_005_000_250)
+        );
+        let claims = URL_SAFE_NO_PAD.encode(r#"{"exp":-1}"#);
+        let negative = Secret::from(format!("e30.{claims}."));
+        assert_eq!(
+            refresh_token_expiry(&negative, now),
+            now + Duration::from_secs(3 * 3600)
         );
         let opaque = Secret::from("not-a-jwt".to_string());
         assert_eq!(
