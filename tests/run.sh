@@ -2,7 +2,7 @@
 # Installs everything the tests need (idempotently: only what is missing) and
 # runs the whole suite: format, lints, unit and integration tests on real
 # FUSE mounts with real clients and servers. Needs root (FUSE allow_other,
-# setpriv, bwrap, unshare).
+# setpriv, bwrap, unshare, podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +16,17 @@ needed=(
     fusermount3:fuse3 bwrap:bubblewrap rsync:rsync zip:zip unzip:unzip
     docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo umoci:umoci
     setpriv:util-linux unshare:util-linux pgrep:procps python3:python3
-    systemd-analyze:systemd openssl:openssl
+    systemd-analyze:systemd podman:podman runc:runc openssl:openssl
 )
 missing=()
 for pair in "${needed[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# The test image is busybox-static's /bin/busybox, with no libc beside it;
+# Debian's other `busybox` package installs a dynamic one under that name.
+[ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" = "install ok installed" ] ||
+    missing+=(busybox-static)
 # Tests run python as other uids: Debian's, not a pyenv shim under /root.
 [ -x /usr/bin/python3 ] || missing+=(python3)
 if [ "${#missing[@]}" -gt 0 ]; then
