@@ -16,7 +16,7 @@ needed=(
     fusermount3:fuse3 bwrap:bubblewrap rsync:rsync zip:zip unzip:unzip
     docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo umoci:umoci
     setpriv:util-linux unshare:util-linux pgrep:procps python3:python3
-    systemd-analyze:systemd podman:podman runc:runc
+    systemd-analyze:systemd podman:podman runc:runc openssl:openssl
 )
 missing=()
 for pair in "${needed[@]}"; do
@@ -36,12 +36,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # moto serves the ECR API in the tests, azure-storage-blob creates Azurite
 # containers, kubernetes-validate checks deploy/kubernetes against the
-# Kubernetes schemas it ships; one venv outside the clone, reused.
+# Kubernetes schemas it ships, cryptography checks the JWT signatures in
+# tests/token_servers.py; one venv outside the clone, reused.
 venv=/var/cache/credfs/venv
-if ! "$venv/bin/python" -c 'import moto.server, azure.storage.blob, kubernetes_validate' >/dev/null 2>&1; then
-    echo "tests/run.sh: installing moto[server], azure-storage-blob and kubernetes-validate into $venv"
+if ! "$venv/bin/python" -c 'import moto.server, azure.storage.blob, kubernetes_validate, cryptography' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing moto[server], azure-storage-blob, kubernetes-validate and cryptography into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]' azure-storage-blob kubernetes-validate
+    "$venv/bin/pip" install -q 'moto[server]' azure-storage-blob kubernetes-validate cryptography
 fi
 export CREDFS_MOTO_PYTHON="$venv/bin/python"
 export CREDFS_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"

@@ -4,6 +4,7 @@
 
 pub mod podman;
 pub mod servers;
+pub mod token_servers;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
