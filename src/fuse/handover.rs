@@ -119,11 +119,7 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/credfs-takeover"));
     let absolute = std::path::absolute(mountpoint).unwrap_or_else(|_| mountpoint.into());
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in absolute.as_os_str().as_encoded_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let hash = crate::vfs::inode::fnv1a(absolute.as_os_str().as_encoded_bytes());
     base.join(format!("{hash:016x}.sock"))
 }
 

@@ -161,6 +161,14 @@ struct Table {
     by_ino: HashMap<u64, Entry>,
 }
 
+/// FNV-1a (64-bit): a hash fixed by its definition, the same in every
+/// build and process, unlike std's hasher.
+pub(crate) fn fnv1a<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The numbers `node` may take, in order: a hash of its kind and path,
 /// then salted ones. Never 0 (no inode) or 1 (the root); below 2^63.
 pub fn candidate_inos(node: &Node) -> impl Iterator<Item = u64> {
@@ -169,11 +177,7 @@ pub fn candidate_inos(node: &Node) -> impl Iterator<Item = u64> {
         if *node == Node::Root {
             return ROOT_INO;
         }
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in salt.to_le_bytes().iter().chain(key.as_bytes()) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let hash = fnv1a(salt.to_le_bytes().iter().chain(key.as_bytes()));
         (hash >> 1).max(2)
     })
 }
