@@ -5,7 +5,6 @@
 //! disk, and the daemon's peak RSS during the copies.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, Daemon};
+use common::{BIN, Daemon, percentile, read_latency};
 
 const TOKEN: &str = "bench-token-0123456789abcdef0123456789abcdef";
 const LATENCY_ROUNDS: usize = 20_000;
@@ -82,30 +81,6 @@ fn cold_reader_calls(mnt: &Path, dir: &Path) -> usize {
         }
     });
     fs::read_to_string(dir.join("helper-runs")).map_or(0, |r| r.lines().count())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// open + read + close of `path`, in this process, after a warm-up:
-/// (p50, p99).
-fn read_latency(path: &Path) -> (Duration, Duration) {
-    let mut buf = Vec::with_capacity(4096);
-    let mut samples = Vec::with_capacity(LATENCY_ROUNDS);
-    for round in 0..LATENCY_ROUNDS + LATENCY_ROUNDS / 10 {
-        buf.clear();
-        let start = Instant::now();
-        let mut file = fs::File::open(path).unwrap();
-        file.read_to_end(&mut buf).unwrap();
-        drop(file);
-        if round >= LATENCY_ROUNDS / 10 {
-            samples.push(start.elapsed());
-        }
-        assert_eq!(buf, TOKEN.as_bytes());
-    }
-    samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
 /// `cat path` as a separate process, as a shell script does: p50.
@@ -191,7 +166,12 @@ fn main() {
     let token = daemon.mnt.join("registries/bench/token");
     // Best of three rounds: this is a shared VM, and one noisy round says
     // nothing about credfs.
-    let best = |path: &Path| (0..3).map(|_| read_latency(path)).min().unwrap();
+    let best = |path: &Path| {
+        (0..3)
+            .map(|_| read_latency(path, TOKEN.as_bytes(), LATENCY_ROUNDS))
+            .min()
+            .unwrap()
+    };
     let (fuse50, fuse99) = best(&token);
     let (tmpfs50, tmpfs99) = best(&shm.join("token"));
     row(

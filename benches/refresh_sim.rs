@@ -8,6 +8,9 @@
 //! baseline. No daemon runs: the schedule is the daemon's function, the
 //! clock is simulated.
 
+mod common;
+
+use common::Jitter;
 use credfs::registry::{Refresh, refresh_delay};
 use std::time::{Duration, SystemTime};
 
@@ -21,20 +24,6 @@ const WINDOWS: [usize; 2] = [60, 300];
 const ECR_RATE: f64 = 20.0;
 const ECR_BURST: f64 = 200.0;
 const SEEDS: u64 = 5;
-
-/// splitmix64: a fixed, seedable stream of jitters in [-1, 1).
-struct Jitter(u64);
-
-impl Jitter {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Schedule {

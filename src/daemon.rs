@@ -4,6 +4,7 @@
 
 use crate::config::watch::ConfigWatcher;
 use crate::config::{self, Config};
+use crate::fuse::handover::{self, Inherited, Successor};
 use crate::fuse::{self, MountOptions};
 use crate::systemd;
 use crate::vfs::{CredFs, Providers};
@@ -23,10 +24,29 @@ pub enum Control {
     Stop,
     /// Reopen the audit log (logrotate) and reload the config.
     Reopen,
+    /// Exit at once without unmounting, for systemd to start the next
+    /// daemon with the stored connection (an upgrade in place, SIGUSR2).
+    Restart,
 }
 
-/// Mounts `config` on `mountpoint` (else `[mount] path`) and serves it until
-/// `Stop` arrives or the tree is unmounted from outside: the reaper of
+/// The exit status of a daemon that leaves its mount to the next one:
+/// non-zero, so that `Restart=on-failure` starts it.
+pub const EXIT_FOR_RESTART: i32 = 75;
+
+/// How the daemon comes by its FUSE connection.
+pub enum Connection {
+    /// Mounts afresh (after detaching a dead daemon's mount).
+    Mount,
+    /// The live connection systemd kept for us (`LISTEN_FDS`).
+    Inherited(Inherited),
+    /// The live connection of the running daemon (`--takeover`), which
+    /// leaves once this one is ready.
+    TakenOver(Inherited, Successor),
+}
+
+/// Mounts `config` on `mountpoint` (else `[mount] path`), or adopts a live
+/// connection there, and serves it until `Stop` arrives, the tree is
+/// unmounted from outside, or a successor takes it over: the reaper of
 /// staging files runs, edits of the config apply, and start and reload go
 /// through the same steps.
 pub async fn run(
@@ -35,31 +55,72 @@ pub async fn run(
     mountpoint: Option<PathBuf>,
     providers: Providers,
     mut control: mpsc::Receiver<Control>,
+    connection: Connection,
 ) -> Result<(), String> {
     let mountpoint = mountpoint
         .or_else(|| config.mount.path.clone())
         .ok_or("no mount point: give MOUNTPOINT or set [mount] path")?;
+    // Made absolute without a look at it (a stat would wait on an adopted
+    // mount that nobody serves yet).
+    let mountpoint = std::path::absolute(&mountpoint).unwrap_or(mountpoint);
     let shown = mountpoint.display().to_string();
-    fuse::clean_stale_mount(&mountpoint).map_err(|e| format!("{shown}: {e}"))?;
-    if fuse::is_credfs_mount(&mountpoint) {
-        return Err(format!("{shown} is already served by a running credfs"));
+    let (inherited, successor) = match connection {
+        Connection::Mount => (None, None),
+        Connection::Inherited(inherited) => (Some(inherited), None),
+        Connection::TakenOver(inherited, successor) => (Some(inherited), Some(successor)),
+    };
+    let epoch = inherited
+        .as_ref()
+        .map_or_else(handover::fresh_epoch, Inherited::next_epoch);
+    match &inherited {
+        // No stat of the mount point: nobody answers the kernel until
+        // this daemon does.
+        Some(_) if !fuse::is_credfs_mount(&mountpoint) => {
+            return Err(format!("{shown} holds no credfs mount to adopt"));
+        }
+        Some(_) => {}
+        None => {
+            fuse::clean_stale_mount(&mountpoint).map_err(|e| format!("{shown}: {e}"))?;
+            if fuse::is_credfs_mount(&mountpoint) {
+                return Err(format!("{shown} is already served by a running credfs"));
+            }
+            std::fs::create_dir_all(&mountpoint).map_err(|e| format!("{shown}: {e}"))?;
+        }
     }
-    std::fs::create_dir_all(&mountpoint).map_err(|e| format!("{shown}: {e}"))?;
     let options = MountOptions {
         allow_other: config.mount.allow_other,
     };
     let config_path = config.path.clone();
     let fs = Arc::new(CredFs::start(config, providers).await?);
+    fs.set_handle_epoch(epoch);
+    if let Some(successor) = successor {
+        successor
+            .ready()
+            .await
+            .map_err(|e| format!("taking over {shown}: {e}"))?;
+    }
     let runtime = tokio::runtime::Handle::current();
     let mount_fs = fs.clone();
     let mount_point = mountpoint.clone();
-    let mut mounted =
-        tokio::task::spawn_blocking(move || fuse::mount(mount_fs, runtime, &mount_point, &options))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot mount {shown}: {e}"))?;
-    info!(mountpoint = %shown, config = %config_path.display(), "mounted");
+    let previous_epoch = inherited.as_ref().map(|i| i.epoch);
+    let mut mounted = tokio::task::spawn_blocking(move || match inherited {
+        Some(inherited) => fuse::adopt(mount_fs, runtime, inherited.fd, &options),
+        None => fuse::mount(mount_fs, runtime, &mount_point, &options),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("cannot mount {shown}: {e}"))?;
+    if previous_epoch.is_some() {
+        if let Err(e) = handover::resend(mounted.connection()) {
+            warn!(error = %e, "the kernel cannot resend what the daemon before left unanswered (Linux 6.9+ can)");
+        }
+        info!(mountpoint = %shown, config = %config_path.display(), "adopted the live mount");
+    } else {
+        info!(mountpoint = %shown, config = %config_path.display(), "mounted");
+    }
+    keep_for_successor(&mounted, previous_epoch, epoch);
     systemd::notify("READY=1");
+    let takeover = listen_for_successor(&mounted, &mountpoint, epoch);
 
     let reaper = tokio::spawn({
         let fs = fs.clone();
@@ -84,6 +145,13 @@ pub async fn run(
                     fs.audit.reopen();
                     reload(&fs, &config_path, watcher.as_mut()).await;
                 }
+                Some(Control::Restart) if std::env::var_os("NOTIFY_SOCKET").is_some() => {
+                    info!("exiting for a restart; the next daemon adopts the mount");
+                    std::process::exit(EXIT_FOR_RESTART);
+                }
+                Some(Control::Restart) => {
+                    warn!("SIGUSR2 restarts in place only under systemd (its store keeps the mount); ignored");
+                }
                 Some(Control::Stop) | None => break false,
             },
             _ = &mut ended => break true,
@@ -91,6 +159,10 @@ pub async fn run(
         }
     };
     reaper.abort();
+    if let Some(takeover) = takeover {
+        takeover.abort();
+    }
+    let _ = std::fs::remove_file(handover::socket_path(&mountpoint));
     systemd::notify("STOPPING=1");
     if ended_outside {
         info!(mountpoint = %shown, "unmounted from outside; exiting");
@@ -104,6 +176,46 @@ pub async fn run(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("unmounting {shown}: {e}"))
+}
+
+/// Keeps the connection in systemd's store, under this daemon's epoch (the
+/// next daemon takes the one after): the old name goes first, since systemd
+/// would take the same connection again for a duplicate.
+fn keep_for_successor(mounted: &fuse::Mounted, previous: Option<u16>, epoch: u16) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Some(previous) = previous {
+        systemd::notify(&format!(
+            "FDSTOREREMOVE=1\nFDNAME={}",
+            handover::store_name(previous)
+        ));
+    }
+    if let Err(e) = handover::store_in_systemd(mounted.connection(), &handover::store_name(epoch)) {
+        warn!(error = %e, "cannot keep the FUSE connection in systemd's store; a restart will remount");
+    }
+}
+
+/// Serves `credfs mount --takeover` from a successor: once it is ready,
+/// this process exits at once, leaving the mount to it.
+fn listen_for_successor(
+    mounted: &fuse::Mounted,
+    mountpoint: &Path,
+    epoch: u16,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = handover::listen(mountpoint)
+        .map_err(|e| warn!(error = %e, "no takeover socket; an upgrade will remount"))
+        .ok()?;
+    let connection = mounted
+        .connection()
+        .try_clone_to_owned()
+        .map_err(|e| warn!(error = %e, "no takeover socket"))
+        .ok()?;
+    Some(tokio::spawn(async move {
+        handover::serve(listener, connection, epoch).await;
+        // No unmount, no STOPPING: the mount is the successor's now.
+        std::process::exit(0);
+    }))
 }
 
 /// Loads the config again and serves it if it is valid and different; an

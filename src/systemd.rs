@@ -1,25 +1,47 @@
 //! The `sd_notify` protocol, without libsystemd: one datagram per state.
 
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use tracing::warn;
 
 /// Tells systemd (Type=notify) about our state when it started us.
 pub fn notify(state: &str) {
-    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let socket = socket.to_string_lossy().into_owned();
-    let sent =
-        std::os::unix::net::UnixDatagram::unbound().and_then(|s| match socket.strip_prefix('@') {
-            Some(abstract_name) => {
-                use std::os::linux::net::SocketAddrExt;
-                let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
-                s.send_to_addr(state.as_bytes(), &addr)
-            }
-            None => s.send_to(state.as_bytes(), &socket),
-        });
-    if let Err(e) = sent {
+    if let Err(e) = send(state, None) {
         warn!(error = %e, "cannot notify systemd");
     }
+}
+
+/// Sends `state` with a descriptor (`FDSTORE=1`), when systemd started us.
+pub fn send_with_fd(state: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+    send(state, Some(fd))
+}
+
+fn send(state: &str, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let address = match socket.as_encoded_bytes().strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddrUnix::new_abstract_name(abstract_name)?,
+        None => SocketAddrUnix::new(PathBuf::from(&socket))?,
+    };
+    let datagram = std::os::unix::net::UnixDatagram::unbound()?;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    if !fds.is_empty() {
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    rustix::net::sendmsg_addr(
+        &datagram,
+        &address,
+        &[IoSlice::new(state.as_bytes())],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    Ok(())
 }
 
 /// `RELOADING=1` with the monotonic time systemd asks reloads to carry.

@@ -13,7 +13,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -135,10 +135,27 @@ pub fn open_file(path: &Path) -> Result<File, Distrust> {
     }
 }
 
+/// The whole of a trusted file (`open_file`); it can hold secrets.
+pub fn read_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Distrust> {
+    let mut file = open_file(path)?;
+    let io = |e| Distrust::new(path, Reason::Io(e));
+    let size = file.metadata().map_err(io)?.len();
+    // Sized up front: a grown buffer would leave unwiped copies behind.
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(size as usize + 1));
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
 /// Checks a program credfs runs and its directories. A program that does
 /// not exist yet passes when the directories that do exist are trusted:
 /// only root or the daemon's user could then put it there.
 pub fn check_program(path: &Path) -> Result<(), Distrust> {
+    walk(path, Want::Program).map(|_| ())
+}
+
+/// Checks a file credfs reads anew later (a rotated token) and its
+/// directories; a missing one passes like a missing program.
+pub fn check_file(path: &Path) -> Result<(), Distrust> {
     walk(path, Want::Program).map(|_| ())
 }
 

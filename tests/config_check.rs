@@ -71,6 +71,11 @@ fn the_default_config_passes() {
 #[test]
 fn every_example_config_parses() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config/examples");
+    // A gcp `key` is read and checked at load: examples get a real one.
+    let keys = tempfile::tempdir().unwrap();
+    let service_account = keys.path().join("sa.json");
+    common::token_servers::KeyPair::generate()
+        .write_service_account(&service_account, "https://oauth2.googleapis.com/token");
     let mut seen = 0;
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -78,12 +83,25 @@ fn every_example_config_parses() {
         // Examples name env variables and files of a real host: check syntax
         // and schema with those sources replaced by literals.
         let text = regex_free_replace(&text);
+        let text = with_key_file(&text, &service_account);
         let file = config_file(&text);
         let (code, _, err) = check(&file);
         assert_eq!(code, Some(0), "{}: {err}", path.display());
         seen += 1;
     }
-    assert!(seen >= 5, "one example per real setup");
+    assert!(seen >= 7, "one example per real setup");
+}
+
+/// A gcp registry's `key = …` names `key`, a real service-account key.
+fn with_key_file(text: &str, key: &std::path::Path) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| match line.starts_with("key = ") {
+            true => format!("key = {{ file = \"{}\" }}", key.display()),
+            false => line.to_string(),
+        })
+        .collect();
+    lines.join("\n")
 }
 
 /// `{ env = "X" }` and `{ file = "X" }` become "X".
@@ -147,6 +165,25 @@ fn missing_fields_are_refused() {
         "[stores.s]\nprovider = \"filesystem\"\nbuckets = [\"b\"]\n",
         "1:1",
         "missing field `root`",
+    );
+}
+
+#[test]
+fn cloud_registries_need_one_credential_source() {
+    assert_refused(
+        "[registries.a]\nprovider = \"acr\"\nregistry = \"r.azurecr.io\"\n",
+        "1:1",
+        "provider `acr` needs a credential source: `client_secret`, `federated_token_file` or `managed_identity = true`",
+    );
+    assert_refused(
+        "[registries.a]\nprovider = \"acr\"\nregistry = \"r.azurecr.io\"\nmanaged_identity = true\nclient_secret = \"s\"\n",
+        "5:17",
+        "`client_secret` is a second credential source besides `managed_identity`; keep one",
+    );
+    assert_refused(
+        "[registries.g]\nprovider = \"gcp\"\nregistry = \"gcr.io\"\nkey = \"not json\"\n",
+        "4:7",
+        "`key` is not a service-account JSON key (line 1, column 2)",
     );
 }
 

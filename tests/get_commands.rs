@@ -163,5 +163,7 @@ fn the_small_credfs_helper_binary_speaks_both_protocols() {
     assert_eq!(json_of(&out)["Secret"], "ghcr-wide-1f1f");
     let usage = run(helper, &[]);
     assert_eq!(usage.status.code(), Some(2));
-    assert!(stderr(&usage).contains("run me as registry-credentials or docker-credential-credfs"));
+    assert!(stderr(&usage).contains(
+        "run me as registry-credentials, docker-credential-credfs or credfs-kubelet-provider"
+    ));
 }

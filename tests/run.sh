@@ -2,7 +2,7 @@
 # Installs everything the tests need (idempotently: only what is missing) and
 # runs the whole suite: format, lints, unit and integration tests on real
 # FUSE mounts with real clients and servers. Needs root (FUSE allow_other,
-# setpriv, bwrap, unshare).
+# setpriv, bwrap, unshare, podman).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +16,17 @@ needed=(
     fusermount3:fuse3 bwrap:bubblewrap rsync:rsync zip:zip unzip:unzip
     docker-registry:docker-registry htpasswd:apache2-utils skopeo:skopeo umoci:umoci
     setpriv:util-linux unshare:util-linux pgrep:procps python3:python3
-    systemd-analyze:systemd
+    systemd-analyze:systemd podman:podman runc:runc openssl:openssl
 )
 missing=()
 for pair in "${needed[@]}"; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# The test image is busybox-static's /bin/busybox, with no libc beside it;
+# Debian's other `busybox` package installs a dynamic one under that name.
+[ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" = "install ok installed" ] ||
+    missing+=(busybox-static)
 # Tests run python as other uids: Debian's, not a pyenv shim under /root.
 [ -x /usr/bin/python3 ] || missing+=(python3)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -32,12 +36,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # moto serves the ECR API in the tests, azure-storage-blob creates Azurite
 # containers, kubernetes-validate checks deploy/kubernetes against the
-# Kubernetes schemas it ships; one venv outside the clone, reused.
+# Kubernetes schemas it ships, cryptography checks the JWT signatures in
+# tests/token_servers.py; one venv outside the clone, reused.
 venv=/var/cache/credfs/venv
-if ! "$venv/bin/python" -c 'import moto.server, azure.storage.blob, kubernetes_validate' >/dev/null 2>&1; then
-    echo "tests/run.sh: installing moto[server], azure-storage-blob and kubernetes-validate into $venv"
+if ! "$venv/bin/python" -c 'import moto.server, azure.storage.blob, kubernetes_validate, cryptography' >/dev/null 2>&1; then
+    echo "tests/run.sh: installing moto[server], azure-storage-blob, kubernetes-validate and cryptography into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]' azure-storage-blob kubernetes-validate
+    "$venv/bin/pip" install -q 'moto[server]' azure-storage-blob kubernetes-validate cryptography
 fi
 export CREDFS_MOTO_PYTHON="$venv/bin/python"
 export CREDFS_KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"

@@ -56,6 +56,9 @@ fn the_unit_asks_for_what_the_daemon_does_and_no_mount_namespace() {
         ("Type", "notify"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("Restart", "on-failure"),
+        // The FUSE connection waits in the store across a restart.
+        ("FileDescriptorStoreMax", "4"),
+        ("RestartSec", "100ms"),
         ("NoNewPrivileges", "yes"),
         ("CapabilityBoundingSet", "CAP_SYS_ADMIN"),
         ("DevicePolicy", "closed"),
@@ -164,6 +167,10 @@ fn ready_reloading_and_stopping_reach_the_notify_socket() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
     daemon.spawn_with_env(&[("NOTIFY_SOCKET", &path.to_string_lossy())]);
+    // The connection goes to systemd's store first (tests/takeover.rs
+    // checks the descriptor), then READY=1.
+    let stored = next(&socket, "FDSTORE=1 once mounted");
+    assert!(stored.starts_with("FDSTORE=1\nFDNAME=fuse-"), "{stored}");
     assert_eq!(next(&socket, "READY=1 once mounted"), "READY=1");
     assert!(is_mounted(&daemon.mnt), "READY=1 comes after the mount");
 

@@ -31,6 +31,10 @@ enum Command {
         config: Option<PathBuf>,
         /// Where to mount; overrides [mount] path.
         mountpoint: Option<PathBuf>,
+        /// Take the live mount over from the daemon serving it (an upgrade
+        /// without systemd): it leaves once this one is ready.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a config file; exit 1 with file:line:col: message on error.
     Check {
@@ -144,7 +148,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref());
     match cli.command {
-        Command::Mount { config, mountpoint } => mount::run(&config_path(config), mountpoint),
+        Command::Mount {
+            config,
+            mountpoint,
+            takeover,
+        } => mount::run(&config_path(config), mountpoint, takeover),
         Command::Check { config, probe } => check::run(&config_path(config), probe),
         Command::Status { mountpoint } => status::run(mountpoint),
         Command::Get {

@@ -2,7 +2,8 @@
 
 use crate::config::watch::ConfigWatcher;
 use crate::config::{self, Config};
-use crate::daemon::{self, Control};
+use crate::daemon::{self, Connection, Control};
+use crate::fuse::handover;
 use crate::vfs::Providers;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +11,9 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, warn};
 
-pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
+pub fn run(config_path: &Path, mountpoint: Option<PathBuf>, takeover: bool) -> ExitCode {
+    // Before any thread starts: it edits the environment.
+    let inherited = handover::from_systemd();
     keep_memory_private();
     keep_memory_bounded();
     // Absolute, but symlinks kept: a reload must follow a swapped link.
@@ -48,7 +51,15 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let served = runtime.block_on(serve(config, watcher, mountpoint));
+    let connection = match (inherited, takeover) {
+        (Some(inherited), _) => Ok(Connection::Inherited(inherited)),
+        (None, false) => Ok(Connection::Mount),
+        (None, true) => runtime.block_on(take_over(&config, mountpoint.as_deref())),
+    };
+    let served = match connection {
+        Ok(connection) => runtime.block_on(serve(config, watcher, mountpoint, connection)),
+        Err(message) => Err(message),
+    };
     // Blocking storage calls still running must not keep a stopping daemon.
     runtime.shutdown_timeout(Duration::from_secs(2));
     crate::store::release();
@@ -62,19 +73,32 @@ pub fn run(config_path: &Path, mountpoint: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// Turns SIGINT and SIGTERM into a stop and SIGHUP into a reopen, then
-/// serves until the daemon returns.
+/// Asks the daemon serving the mount point for its live connection.
+async fn take_over(config: &Config, mountpoint: Option<&Path>) -> Result<Connection, String> {
+    let mountpoint = mountpoint
+        .or(config.mount.path.as_deref())
+        .ok_or("no mount point: give MOUNTPOINT or set [mount] path")?;
+    let (inherited, successor) = handover::request(mountpoint)
+        .await
+        .map_err(|e| format!("cannot take {} over: {e}", mountpoint.display()))?;
+    Ok(Connection::TakenOver(inherited, successor))
+}
+
+/// Turns SIGINT and SIGTERM into a stop, SIGHUP into a reopen and SIGUSR2
+/// into a restart in place, then serves until the daemon returns.
 async fn serve(
     config: Config,
     watcher: Option<ConfigWatcher>,
     mountpoint: Option<PathBuf>,
+    connection: Connection,
 ) -> Result<(), String> {
     // Before mounting, so that a signal never finds the default action.
     let signal_stream = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
-    let (mut interrupt, mut terminate, mut hangup) = (
+    let (mut interrupt, mut terminate, mut hangup, mut restart) = (
         signal_stream(SignalKind::interrupt())?,
         signal_stream(SignalKind::terminate())?,
         signal_stream(SignalKind::hangup())?,
+        signal_stream(SignalKind::user_defined2())?,
     );
     let (control, received) = tokio::sync::mpsc::channel(4);
     let forward = tokio::spawn(async move {
@@ -83,13 +107,22 @@ async fn serve(
                 _ = interrupt.recv() => Control::Stop,
                 _ = terminate.recv() => Control::Stop,
                 _ = hangup.recv() => Control::Reopen,
+                _ = restart.recv() => Control::Restart,
             };
             if control.send(command).await.is_err() {
                 return;
             }
         }
     });
-    let served = daemon::run(config, watcher, mountpoint, Providers::real(), received).await;
+    let served = daemon::run(
+        config,
+        watcher,
+        mountpoint,
+        Providers::real(),
+        received,
+        connection,
+    )
+    .await;
     forward.abort();
     served
 }

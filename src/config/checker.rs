@@ -2,7 +2,6 @@
 //! checks they share: required and per-provider keys, modes, names,
 //! durations, sizes, directories and secrets.
 
-use super::load::read_trusted;
 use super::raw::{ProviderKey, RawSecret};
 use super::values::{parse_duration, parse_mode, parse_size};
 use crate::names::check_name;
@@ -96,7 +95,7 @@ impl Checker<'_> {
             },
             RawSecret::File(file) => {
                 let path = self.source(file);
-                match read_trusted(&path) {
+                match trust::read_file(&path) {
                     Ok(bytes) => Some(Secret::new(strip_one_newline(bytes.to_vec()))),
                     Err(e) => {
                         let message = match e.io_error() {

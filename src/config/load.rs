@@ -7,7 +7,6 @@ use super::raw::RawConfig;
 use super::{AuditConfig, Config, MountConfig};
 use crate::trust;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -41,7 +40,7 @@ fn load_into(path: &Path, sources: &mut Vec<PathBuf>) -> Result<Config, ConfigEr
     };
     // The text is read from the descriptor that was checked.
     let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let bytes = read_trusted(&shown).map_err(|e| {
+    let bytes = trust::read_file(&shown).map_err(|e| {
         whole_file(match e.io_error() {
             Some(io) => format!("cannot read config: {io}"),
             None => format!(
@@ -53,20 +52,6 @@ fn load_into(path: &Path, sources: &mut Vec<PathBuf>) -> Result<Config, ConfigEr
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| whole_file("cannot read config: it is not UTF-8 text".into()))?;
     parse_into(path, text, sources)
-}
-
-/// The whole of a trusted file; it can hold secrets.
-pub(super) fn read_trusted(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, trust::Distrust> {
-    let mut file = trust::open_file(path)?;
-    let io = |e| trust::Distrust {
-        at: path.to_path_buf(),
-        reason: trust::Reason::Io(e),
-    };
-    let size = file.metadata().map_err(io)?.len();
-    // Sized up front: a grown buffer would leave unwiped copies behind.
-    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(size as usize + 1));
-    file.read_to_end(&mut bytes).map_err(io)?;
-    Ok(bytes)
 }
 
 /// The daemon's state directory: systemd's `$STATE_DIRECTORY` (the first,
@@ -276,7 +261,7 @@ key = "v"
         assert_eq!(
             errors("[registries.x]\nprovider = \"magic\"\n"),
             [
-                "c.toml:2:12: unknown registry provider `magic`, expected one of: ecr, static, helper, none, thin-edge"
+                "c.toml:2:12: unknown registry provider `magic`, expected one of: ecr, gcp, acr, static, helper, none, thin-edge"
             ]
         );
         let unknown = errors("[mount]\npath = \"/x\"\nfrobnicate = 1\n");

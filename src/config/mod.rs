@@ -3,6 +3,7 @@
 //! `file:line:col`.
 
 mod checker;
+mod cloud;
 mod endpoint;
 mod load;
 mod providers;
@@ -17,8 +18,9 @@ pub use crate::names::check_name;
 pub use checker::{ConfigError, ConfigErrors};
 pub use load::{load, load_watched, parse, state_dir};
 pub use providers::{
-    AzureConfig, EcrConfig, FilesystemConfig, HelperConfig, HelperProtocol, NoneConfig,
-    RegistryProviderConfig, S3Config, StaticConfig, StoreProviderConfig, TransferConfig,
+    AcrConfig, AppCredential, AzureConfig, AzureIdentity, EcrConfig, FilesystemConfig, GcpConfig,
+    GcpSource, HelperConfig, HelperProtocol, NoneConfig, RegistryProviderConfig, S3Config,
+    ServiceAccountKey, StaticConfig, StoreProviderConfig, TransferConfig,
 };
 pub use values::{parse_duration, parse_size};
 

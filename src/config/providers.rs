@@ -9,6 +9,8 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub enum RegistryProviderConfig {
     Ecr(EcrConfig),
+    Gcp(GcpConfig),
+    Acr(AcrConfig),
     Static(StaticConfig),
     Helper(HelperConfig),
     None(NoneConfig),
@@ -23,6 +25,74 @@ pub struct EcrConfig {
     pub registry_id: Option<String>,
     pub profile: Option<String>,
     pub endpoint_url: Option<String>,
+}
+
+/// Google Artifact Registry / GCR: user `oauth2accesstoken`, password an
+/// OAuth2 access token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GcpConfig {
+    pub registry: String,
+    pub source: GcpSource,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum GcpSource {
+    /// A service-account key: a signed JWT exchanged at its token URI.
+    ServiceAccount(ServiceAccountKey),
+    /// The GCE metadata server at this host[:port]; by default
+    /// `$GCE_METADATA_HOST`, else `metadata.google.internal`.
+    Metadata { host: Option<String> },
+}
+
+/// What credfs uses of a service-account JSON key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceAccountKey {
+    pub client_email: String,
+    pub private_key_id: Option<String>,
+    /// The PEM private key.
+    pub private_key: Secret,
+    /// The config's `token_uri`, else the key's, else Google's.
+    pub token_uri: String,
+}
+
+/// Azure Container Registry: an Entra ID access token exchanged at the
+/// registry for an ACR refresh token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcrConfig {
+    pub registry: String,
+    /// `https://<registry host>/oauth2/exchange` unless the config says.
+    pub exchange_url: String,
+    /// The Entra ID scope of the access token (ARM's by default).
+    pub scope: String,
+    pub identity: AzureIdentity,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AzureIdentity {
+    /// An app registration's client credentials at
+    /// `<authority_host>/<tenant_id>/oauth2/v2.0/token`.
+    App {
+        authority_host: String,
+        tenant_id: String,
+        client_id: String,
+        credential: AppCredential,
+    },
+    /// The instance metadata service (IMDS) of a VM or node; `client_id`
+    /// picks a user-assigned identity. The tenant, when not given, is the
+    /// access token's own.
+    ManagedIdentity {
+        imds_endpoint: String,
+        client_id: Option<String>,
+        tenant_id: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AppCredential {
+    Secret(Secret),
+    /// A federated token (workload identity), read anew for each request:
+    /// the kubelet rotates it.
+    FederatedTokenFile(PathBuf),
 }
 
 /// Also what a `thin-edge` registry becomes once its credentials are read.
@@ -63,7 +133,9 @@ impl RegistryProviderConfig {
     pub fn registry(&self) -> Option<&str> {
         match self {
             RegistryProviderConfig::Ecr(ecr) => ecr.registry.as_deref(),
-            RegistryProviderConfig::Static(StaticConfig { registry, .. })
+            RegistryProviderConfig::Gcp(GcpConfig { registry, .. })
+            | RegistryProviderConfig::Acr(AcrConfig { registry, .. })
+            | RegistryProviderConfig::Static(StaticConfig { registry, .. })
             | RegistryProviderConfig::Helper(HelperConfig { registry, .. })
             | RegistryProviderConfig::None(NoneConfig { registry }) => Some(registry),
         }
@@ -72,6 +144,8 @@ impl RegistryProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             RegistryProviderConfig::Ecr(_) => "ecr",
+            RegistryProviderConfig::Gcp(_) => "gcp",
+            RegistryProviderConfig::Acr(_) => "acr",
             RegistryProviderConfig::Static(_) => "static",
             RegistryProviderConfig::Helper(_) => "helper",
             RegistryProviderConfig::None(_) => "none",

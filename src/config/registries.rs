@@ -44,6 +44,8 @@ impl Checker<'_> {
         let provider_name = raw.provider.get_ref().clone();
         let provider = match provider_name.as_str() {
             "ecr" => self.ecr(&table, raw).map(RegistryProviderConfig::Ecr),
+            "gcp" => self.gcp(&table, &raw).map(RegistryProviderConfig::Gcp),
+            "acr" => self.acr(&table, &raw).map(RegistryProviderConfig::Acr),
             "static" => self
                 .static_registry(&table, &raw)
                 .map(RegistryProviderConfig::Static),
@@ -57,7 +59,7 @@ impl Checker<'_> {
             other => {
                 self.error(
                     &raw.provider.span(),
-                    format!("unknown registry provider `{other}`, expected one of: ecr, static, helper, none, thin-edge"),
+                    format!("unknown registry provider `{other}`, expected one of: ecr, gcp, acr, static, helper, none, thin-edge"),
                 );
                 return None;
             }
@@ -71,7 +73,11 @@ impl Checker<'_> {
 
     /// The `registry` key that every provider but `ecr` and `thin-edge`
     /// requires.
-    fn required_registry(&mut self, table: &Range<usize>, raw: &RawRegistry) -> Option<String> {
+    pub(super) fn required_registry(
+        &mut self,
+        table: &Range<usize>,
+        raw: &RawRegistry,
+    ) -> Option<String> {
         let registry = self.required(table, "registry", &raw.registry);
         registry.and_then(|r| self.registry_host(r))
     }

@@ -3,9 +3,9 @@
 
 use super::StaticConfig;
 use super::checker::Checker;
-use super::load::read_trusted;
 use super::raw::RawRegistry;
 use crate::secret::Secret;
+use crate::trust;
 use std::ops::Range;
 use toml::Spanned;
 
@@ -60,7 +60,7 @@ impl Checker<'_> {
         section: &Spanned<String>,
     ) -> Option<(String, String, String)> {
         let path = self.source(file.get_ref());
-        let bytes = match read_trusted(&path) {
+        let bytes = match trust::read_file(&path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 let message = match e.io_error() {

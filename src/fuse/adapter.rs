@@ -285,8 +285,8 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -294,8 +294,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let caller = caller(req);
         self.spawn(move |fs| async move {
-            match fs.read(fh.0, offset, size).await {
+            match fs.read(ino.0, fh.0, offset, size, caller).await {
                 Ok(data) => reply.data(data.as_slice()),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -379,29 +380,32 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let handle = match self.fs.readdir(fh.0) {
-            Ok(handle) => handle,
-            Err(e) => return reply.error(errno(&e)),
-        };
-        let Handle::Dir(entries) = handle.as_ref() else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        for (index, entry) in entries.iter().enumerate().skip(offset as usize) {
-            let kind = match entry.kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
+        let caller = caller(req);
+        self.spawn(move |fs| async move {
+            let handle = match fs.readdir(ino.0, fh.0, caller).await {
+                Ok(handle) => handle,
+                Err(e) => return reply.error(errno(&e)),
             };
-            if reply.add(INodeNo(entry.ino), index as u64 + 1, kind, &entry.name) {
-                break;
+            let Handle::Dir(entries) = handle.as_ref() else {
+                return reply.error(Errno::ENOTDIR);
+            };
+            for (index, entry) in entries.iter().enumerate().skip(offset as usize) {
+                let kind = match entry.kind {
+                    Kind::Dir => FileType::Directory,
+                    Kind::File => FileType::RegularFile,
+                };
+                if reply.add(INodeNo(entry.ino), index as u64 + 1, kind, &entry.name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(

@@ -5,6 +5,7 @@ use crate::vfs::{CredFs, KernelCache};
 use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL, SessionUnmounter};
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,9 +22,13 @@ pub struct MountOptions {
 }
 
 pub struct Mounted {
-    unmounter: SessionUnmounter,
+    /// None for an adopted connection: fuser did not mount it, so credfs
+    /// unmounts it itself.
+    unmounter: Option<SessionUnmounter>,
     thread: JoinHandle<io::Result<()>>,
     ended: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// A copy of the connection's descriptor, to hand to the next daemon.
+    connection: OwnedFd,
 }
 
 impl Mounted {
@@ -32,7 +37,11 @@ impl Mounted {
     /// bind-mounted the tree) can keep the connection open after our
     /// unmount; exiting closes it then, so we do not wait for ever.
     pub fn unmount(mut self, mountpoint: &Path) -> io::Result<()> {
-        if let Err(e) = self.unmounter.unmount() {
+        let unmounted = match self.unmounter.as_mut() {
+            Some(unmounter) => unmounter.unmount(),
+            None => unmount_path(mountpoint),
+        };
+        if let Err(e) = unmounted {
             tracing::warn!(error = %e, "unmount failed; detaching lazily");
             detach(mountpoint)?;
         }
@@ -45,6 +54,10 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.join()
+    }
+
+    pub fn connection(&self) -> BorrowedFd<'_> {
+        self.connection.as_fd()
     }
 
     /// Waits for a session that already ended (unmounted from outside).
@@ -85,10 +98,18 @@ fn raise_readahead(mountpoint: &Path) {
 }
 
 pub(super) fn detach(mountpoint: &Path) -> io::Result<()> {
+    umount2(mountpoint, libc::MNT_DETACH)
+}
+
+fn unmount_path(mountpoint: &Path) -> io::Result<()> {
+    umount2(mountpoint, 0)
+}
+
+fn umount2(mountpoint: &Path, flags: libc::c_int) -> io::Result<()> {
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount point contains NUL"))?;
     // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
-    match unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } {
+    match unsafe { libc::umount2(path.as_ptr(), flags) } {
         0 => Ok(()),
         _ => Err(io::Error::last_os_error()),
     }
@@ -106,12 +127,7 @@ impl KernelCache for NotifierCache {
     }
 }
 
-pub fn mount(
-    fs: Arc<CredFs>,
-    runtime: tokio::runtime::Handle,
-    mountpoint: &Path,
-    options: &MountOptions,
-) -> io::Result<Mounted> {
+fn session_config(options: &MountOptions) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("credfs".into()),
@@ -121,16 +137,80 @@ pub fn mount(
         MountOption::NoExec,
         MountOption::NoAtime,
     ];
-    config.acl = if options.allow_other {
+    config.acl = acl(options);
+    config.n_threads = Some(SESSION_THREADS);
+    config.clone_fd = read_from_clones();
+    config
+}
+
+/// How the session reads requests. From Linux 6.9 the kernel can resend
+/// what a dead daemon had read (`FUSE_NOTIFY_RESEND`), so the workers read
+/// the connection itself. Before, each worker reads a clone of its own:
+/// when the daemon dies, the kernel fails the requests its clones had read
+/// (ECONNABORTED) instead of leaving their callers waiting for ever.
+/// `CREDFS_FUSE_READERS=clones` or `=shared` chooses (for tests).
+fn read_from_clones() -> bool {
+    match std::env::var("CREDFS_FUSE_READERS").as_deref() {
+        Ok("clones") => return true,
+        Ok("shared") => return false,
+        _ => {}
+    }
+    kernel_version().is_some_and(|version| version < (6, 9))
+}
+
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+fn acl(options: &MountOptions) -> SessionACL {
+    if options.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
-    };
-    config.n_threads = Some(SESSION_THREADS);
+    }
+}
+
+pub fn mount(
+    fs: Arc<CredFs>,
+    runtime: tokio::runtime::Handle,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> io::Result<Mounted> {
     let adapter = FuseAdapter::new(fs.clone(), runtime);
-    let mut session = Session::new(adapter, mountpoint, &config)?;
-    fs.set_kernel_cache(Arc::new(NotifierCache(session.notifier())));
+    let mut session = Session::new(adapter, mountpoint, &session_config(options))?;
     let unmounter = session.unmount_callable();
+    let mounted = serve(fs, session, Some(unmounter))?;
+    raise_readahead(mountpoint);
+    Ok(mounted)
+}
+
+/// Serves a live connection handed over by the daemon before this one: no
+/// mount, no INIT (the kernel sent it once, to the first daemon). The
+/// caller then asks the kernel to resend what that daemon left unanswered.
+pub fn adopt(
+    fs: Arc<CredFs>,
+    runtime: tokio::runtime::Handle,
+    connection: OwnedFd,
+    options: &MountOptions,
+) -> io::Result<Mounted> {
+    let adapter = FuseAdapter::new(fs.clone(), runtime);
+    let session =
+        Session::from_fd_initialized(adapter, connection, acl(options), session_config(options));
+    serve(fs, session, None)
+}
+
+fn serve(
+    fs: Arc<CredFs>,
+    session: Session<FuseAdapter>,
+    unmounter: Option<SessionUnmounter>,
+) -> io::Result<Mounted> {
+    fs.set_kernel_cache(Arc::new(NotifierCache(session.notifier())));
+    let connection = session.as_fd().try_clone_to_owned()?;
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("fuse-session".into())
@@ -139,10 +219,10 @@ pub fn mount(
             let _ = ended_tx.send(());
             result
         })?;
-    raise_readahead(mountpoint);
     Ok(Mounted {
         unmounter,
         thread,
         ended: Some(ended),
+        connection,
     })
 }

@@ -1,19 +1,24 @@
 //! Container-registry credentials: providers behind `RegistryProvider`, one
 //! file each, and the files every registry directory shows.
 
+mod acr;
 mod backoff;
 mod cache;
 mod ecr;
+mod entra;
 pub mod faulty;
 mod files;
+mod gcp;
 mod helper;
 pub mod matching;
 mod none;
+mod oauth;
 pub mod probe;
 mod static_secret;
 
 pub use cache::{AGGREGATE_WAIT, CachedRegistry, Refresh, refresh_delay};
 pub use files::{RegistryFile, docker_config_json, render};
+pub(crate) use gcp::signing_key as gcp_signing_key;
 
 use crate::config::RegistryProviderConfig;
 use crate::error::Result;
@@ -56,5 +61,7 @@ pub fn provider_for(config: &RegistryProviderConfig) -> Arc<dyn RegistryProvider
         RegistryProviderConfig::None(config) => Arc::new(none::NoneProvider::new(config)),
         RegistryProviderConfig::Helper(config) => Arc::new(helper::HelperProvider::new(config)),
         RegistryProviderConfig::Ecr(config) => Arc::new(ecr::EcrProvider::new(config)),
+        RegistryProviderConfig::Gcp(config) => Arc::new(gcp::GcpProvider::new(config)),
+        RegistryProviderConfig::Acr(config) => Arc::new(acr::AcrProvider::new(config)),
     }
 }

@@ -3,7 +3,13 @@
 //! directory listing, or the daemon itself (entries it watches). A number
 //! nobody holds is dropped, so names looked up once, failed lookups and
 //! deleted archives cost nothing afterwards. A rename moves the number with
-//! the file, as on a disk filesystem; numbers are never reused.
+//! the file, as on a disk filesystem.
+//!
+//! A number is a hash of the entry's path (FNV-1a, fixed here, so every
+//! build and every daemon agrees): a daemon that adopts a live FUSE
+//! connection from its predecessor gives the kernel's numbers the same
+//! meaning without any state handed over. Two paths whose hashes meet take
+//! the next of a fixed sequence of salted hashes.
 
 use crate::registry::RegistryFile;
 use crate::sync::lock;
@@ -100,6 +106,17 @@ impl Node {
         })
     }
 
+    /// What the inode number is a hash of: the kind and the path (a secret
+    /// and an archive may share a path shape, never a kind).
+    fn key(&self) -> String {
+        let kind = match self {
+            Node::Archive(..) => "a",
+            node if node.is_dir() => "d",
+            _ => "f",
+        };
+        format!("{kind}:{}", self.path())
+    }
+
     /// The path below the mount point, for logs and the audit trail.
     pub fn path(&self) -> String {
         match self {
@@ -142,7 +159,27 @@ impl Entry {
 struct Table {
     by_node: HashMap<Node, u64>,
     by_ino: HashMap<u64, Entry>,
-    next: u64,
+}
+
+/// FNV-1a (64-bit): a hash fixed by its definition, the same in every
+/// build and process, unlike std's hasher.
+pub(crate) fn fnv1a<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The numbers `node` may take, in order: a hash of its kind and path,
+/// then salted ones. Never 0 (no inode) or 1 (the root); below 2^63.
+pub fn candidate_inos(node: &Node) -> impl Iterator<Item = u64> {
+    let key = node.key();
+    (0u64..).map(move |salt| {
+        if *node == Node::Root {
+            return ROOT_INO;
+        }
+        let hash = fnv1a(salt.to_le_bytes().iter().chain(key.as_bytes()));
+        (hash >> 1).max(2)
+    })
 }
 
 impl Table {
@@ -150,8 +187,10 @@ impl Table {
         let ino = match self.by_node.get(node) {
             Some(ino) => *ino,
             None => {
-                let ino = self.next;
-                self.next += 1;
+                let by_ino = &self.by_ino;
+                let ino = candidate_inos(node)
+                    .find(|ino| !by_ino.contains_key(ino))
+                    .unwrap_or(ROOT_INO);
                 self.by_node.insert(node.clone(), ino);
                 self.by_ino.insert(
                     ino,
@@ -191,7 +230,6 @@ impl Default for Inodes {
         let mut table = Table {
             by_node: HashMap::new(),
             by_ino: HashMap::new(),
-            next: ROOT_INO,
         };
         table.entry(&Node::Root).1.pinned = true;
         Inodes {
@@ -253,6 +291,28 @@ impl Inodes {
         let (ino, entry) = table.entry(node);
         entry.pinned = true;
         ino
+    }
+
+    /// Gives `ino` the meaning `node` (a number the kernel got from the
+    /// daemon before this one, found again by its hash), held as one
+    /// lookup: the kernel's count is unknown, and forgetting early is
+    /// harmless, since the same path always gets the same number back.
+    pub fn adopt(&self, ino: u64, node: &Node) -> bool {
+        let mut table = self.table();
+        if table.by_ino.contains_key(&ino) || table.by_node.contains_key(node) {
+            return table.by_node.get(node) == Some(&ino);
+        }
+        table.by_node.insert(node.clone(), ino);
+        table.by_ino.insert(
+            ino,
+            Entry {
+                node: node.clone(),
+                lookups: 1,
+                listings: 0,
+                pinned: false,
+            },
+        );
+        true
     }
 
     /// The number of `node` if anyone holds one.
@@ -318,9 +378,51 @@ mod tests {
         assert_ne!(
             inodes.lookup(&staging),
             a,
-            "the old name gets a fresh number"
+            "the old name gets another number while the moved one is held"
         );
         assert_eq!(inodes.peek(&Node::Root), Some(ROOT_INO));
+    }
+
+    #[test]
+    fn every_table_gives_a_path_the_same_number() {
+        let nodes = [
+            Node::Registries,
+            Node::RegistryFile("ecr".into(), RegistryFile::Token),
+            Node::Secret("ci".into(), "key".into()),
+            Node::Archive("b".into(), "x.zip".into()),
+            Node::Bucket("b".into()),
+        ];
+        let (first, second) = (Inodes::default(), Inodes::default());
+        let numbers: Vec<u64> = nodes.iter().map(|n| first.lookup(n)).collect();
+        for (node, ino) in nodes.iter().rev().zip(numbers.iter().rev()) {
+            assert_eq!(second.lookup(node), *ino, "{node:?}");
+            assert!(*ino > ROOT_INO && *ino < 1 << 63);
+        }
+        // FNV-1a of the salt and "f:status.json" (checked by hand): a
+        // later build must agree.
+        assert_eq!(
+            candidate_inos(&Node::Status).next(),
+            Some(1_579_315_613_929_161_334)
+        );
+        // An adopted number means its path again.
+        let third = Inodes::default();
+        assert!(third.adopt(numbers[1], &nodes[1]));
+        assert_eq!(third.node(numbers[1]), Some(nodes[1].clone()));
+        assert_eq!(third.lookup(&nodes[1]), numbers[1]);
+        assert!(third.forget(numbers[1], 2));
+    }
+
+    #[test]
+    fn paths_whose_hashes_meet_take_the_next_candidate() {
+        let inodes = Inodes::default();
+        let a = Node::Archive("b".into(), "a.zip".into());
+        let b = Node::Archive("b".into(), "b.zip".into());
+        // Stand-in for a collision: `b` already holds `a`'s first number.
+        let first = candidate_inos(&a).next().unwrap();
+        assert!(inodes.adopt(first, &b));
+        let second = candidate_inos(&a).nth(1).unwrap();
+        assert_eq!(inodes.lookup(&a), second);
+        assert_ne!(first, second);
     }
 
     #[test]

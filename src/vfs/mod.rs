@@ -28,7 +28,7 @@ pub use crate::caller::Caller;
 use crate::error::{Error, ErrorKind, Result};
 use crate::registry::RegistryFile;
 use crate::upload::Uploads;
-use handles::Handles;
+use handles::{Foreign, Handles};
 use inode::{Inodes, Node};
 use namespace::Namespace;
 use published::{Published, fingerprint};
@@ -47,6 +47,12 @@ pub struct CredFs {
     pub audit: AuditLog,
     /// Opens what a reload adds or changes.
     providers: Providers,
+}
+
+/// What a writer of the daemon before this one gets at its next write or
+/// close: its upload went with that daemon.
+fn cut_off() -> Error {
+    Error::provider("the upload was cut off: the daemon serving it was replaced")
 }
 
 fn refused(node: &Node) -> Error {
@@ -126,6 +132,16 @@ impl CredFs {
         }
     }
 
+    /// The epoch in this daemon's handle numbers (see `handles`): set once,
+    /// before the tree is served.
+    pub fn set_handle_epoch(&self, epoch: u16) {
+        self.handles.set_epoch(epoch);
+    }
+
+    pub fn handle_epoch(&self) -> u16 {
+        self.handles.epoch()
+    }
+
     pub fn set_kernel_cache(&self, kernel: Arc<dyn KernelCache>) {
         self.published.set_kernel(kernel);
     }
@@ -181,8 +197,15 @@ impl CredFs {
     }
 
     fn node(&self, ino: u64) -> Result<Node> {
-        self.inodes
-            .node(ino)
+        if let Some(node) = self.inodes.node(ino) {
+            return Ok(node);
+        }
+        // A number the daemon before this one gave the kernel (an adopted
+        // connection): the same path has the same number. Archives are not
+        // searched (that would list every bucket); the kernel finds them
+        // again by name.
+        tree::config_node_numbered(&self.namespace(), ino)
+            .filter(|node| self.inodes.adopt(ino, node))
             .ok_or_else(|| Error::not_found(format!("inode {ino} is gone")))
     }
 
@@ -428,10 +451,11 @@ impl CredFs {
     /// Releases a handle that has nothing left to do (anything but a
     /// writer) at once; `false`: ask `release`.
     pub fn release_now(&self, fh: u64) -> bool {
-        let done = self
-            .handles
-            .get(fh)
-            .is_none_or(|h| !matches!(h.as_ref(), Handle::Write(_)));
+        let done = self.handles.foreign(fh).is_none()
+            && self
+                .handles
+                .get(fh)
+                .is_none_or(|h| !matches!(h.as_ref(), Handle::Write(_)));
         if done {
             self.published.release(fh);
             self.handles.remove(fh);
@@ -439,7 +463,37 @@ impl CredFs {
         done
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadData> {
+    /// This daemon's handle for `fh`: `fh` itself, or for a reader of the
+    /// daemon before this one (an adopted connection) a handle opened again
+    /// by its inode, as the process now asking, the first time it is used.
+    /// A writer of the daemon before fails: its upload went with it.
+    async fn own_handle(&self, ino: u64, fh: u64, caller: Caller) -> Result<u64> {
+        match self.handles.foreign(fh) {
+            None => Ok(fh),
+            Some(Foreign::Writer) => Err(cut_off()),
+            Some(Foreign::Reader) => {
+                if let Some(ours) = self.handles.adopted(fh) {
+                    return Ok(ours);
+                }
+                let ours = match self.node(ino)?.is_dir() {
+                    true => self.opendir(ino, caller).await?,
+                    false => self.open(ino, OpenFlags::default(), caller).await?.fh,
+                };
+                self.handles.adopt(fh, ours);
+                Ok(ours)
+            }
+        }
+    }
+
+    pub async fn read(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        caller: Caller,
+    ) -> Result<ReadData> {
+        let fh = self.own_handle(ino, fh, caller).await?;
         let handle = self
             .handles
             .get(fh)
@@ -460,6 +514,12 @@ impl CredFs {
     }
 
     pub async fn release(&self, fh: u64) {
+        if self.handles.foreign(fh).is_some() {
+            if let Some(ours) = self.handles.unadopt(fh) {
+                Box::pin(self.release(ours)).await;
+            }
+            return;
+        }
         self.published.release(fh);
         if let Some(handle) = self.handles.remove(fh) {
             if let Handle::Dir(entries) = handle.as_ref() {

@@ -2,10 +2,11 @@
 //! in their store, with the staging rules of `crate::upload`.
 
 use super::access::{SEARCH, WRITE};
+use super::handles::Foreign;
 use super::inode::Node;
 use super::namespace::{Bucket, Namespace};
 use super::published::fingerprint;
-use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, refused};
+use super::{Attr, CachePolicy, Caller, CredFs, Handle, Kind, OpenFlags, Opened, cut_off, refused};
 use crate::audit::Operation;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::ObjectInfo;
@@ -210,6 +211,9 @@ impl CredFs {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Vec<u8>, caller: Caller) -> Result<u32> {
+        if self.handles.foreign(fh).is_some() {
+            return Err(cut_off());
+        }
         match self.handles.get(fh).as_deref() {
             Some(Handle::Write(handle)) => self.uploads.write(handle, offset, data).await,
             Some(Handle::Refresh(name)) => {
@@ -233,6 +237,9 @@ impl CredFs {
     /// A close: the writer's own close of an archive checks and commits it,
     /// and its error is what `close(2)` returns.
     pub async fn flush(&self, fh: u64, caller: Caller) -> Result<()> {
+        if self.handles.foreign(fh) == Some(Foreign::Writer) {
+            return Err(cut_off());
+        }
         let held = self.handles.get(fh);
         let Some(Handle::Write(handle)) = held.as_deref() else {
             return Ok(());

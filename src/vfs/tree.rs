@@ -3,7 +3,7 @@
 
 use super::access;
 use super::handles::{DirEntry, Handle};
-use super::inode::Node;
+use super::inode::{Node, candidate_inos};
 use super::namespace::{Namespace, Ownership};
 use super::*;
 use crate::error::{Error, ErrorKind, Result};
@@ -102,44 +102,9 @@ impl CredFs {
             DirEntry::new(ino, Kind::Dir, "."),
             DirEntry::new(ino, Kind::Dir, ".."),
         ];
-        let children: Vec<Node> = match &node {
-            Node::Root => vec![
-                Node::Registries,
-                Node::Docker,
-                Node::Secrets,
-                Node::Projects,
-                Node::Status,
-            ],
-            Node::Registries => ns
-                .registries
-                .keys()
-                .map(|r| Node::Registry(r.clone()))
-                .collect(),
-            Node::Registry(r) => RegistryFile::ALL
-                .into_iter()
-                .map(|f| Node::RegistryFile(r.clone(), f))
-                .chain([Node::RegistryRefresh(r.clone())])
-                .collect(),
-            Node::Docker => vec![Node::DockerConfig],
-            Node::Secrets => ns
-                .config
-                .secrets
-                .keys()
-                .map(|g| Node::SecretGroup(g.clone()))
-                .collect(),
-            Node::SecretGroup(g) => ns
-                .config
-                .secrets
-                .get(g)
-                .map(|keys| {
-                    keys.keys()
-                        .map(|k| Node::Secret(g.clone(), k.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Node::Projects => ns.buckets.keys().map(|b| Node::Bucket(b.clone())).collect(),
+        let children = match &node {
             Node::Bucket(b) => self.archive_names(&ns, b).await?,
-            _ => Vec::new(),
+            node => config_children(&ns, node),
         };
         for child in children {
             let kind = if child.is_dir() {
@@ -156,9 +121,66 @@ impl CredFs {
         Ok(self.handles.insert(Handle::Dir(entries)))
     }
 
-    pub fn readdir(&self, fh: u64) -> Result<Arc<Handle>> {
+    pub async fn readdir(&self, ino: u64, fh: u64, caller: Caller) -> Result<Arc<Handle>> {
+        let fh = self.own_handle(ino, fh, caller).await?;
         self.handles
             .get(fh)
             .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "unknown directory handle"))
     }
+}
+
+/// The entries of a directory that the config alone defines (all but a
+/// bucket's archives).
+pub(super) fn config_children(ns: &Namespace, node: &Node) -> Vec<Node> {
+    match node {
+        Node::Root => vec![
+            Node::Registries,
+            Node::Docker,
+            Node::Secrets,
+            Node::Projects,
+            Node::Status,
+        ],
+        Node::Registries => ns
+            .registries
+            .keys()
+            .map(|r| Node::Registry(r.clone()))
+            .collect(),
+        Node::Registry(r) => RegistryFile::ALL
+            .into_iter()
+            .map(|f| Node::RegistryFile(r.clone(), f))
+            .chain([Node::RegistryRefresh(r.clone())])
+            .collect(),
+        Node::Docker => vec![Node::DockerConfig],
+        Node::Secrets => ns
+            .config
+            .secrets
+            .keys()
+            .map(|g| Node::SecretGroup(g.clone()))
+            .collect(),
+        Node::SecretGroup(g) => ns
+            .config
+            .secrets
+            .get(g)
+            .map(|keys| {
+                keys.keys()
+                    .map(|k| Node::Secret(g.clone(), k.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Node::Projects => ns.buckets.keys().map(|b| Node::Bucket(b.clone())).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The entry of the config's tree whose first inode number is `ino`: a
+/// number the kernel was given by the daemon before this one.
+pub(super) fn config_node_numbered(ns: &Namespace, ino: u64) -> Option<Node> {
+    let mut pending = vec![Node::Root];
+    while let Some(node) = pending.pop() {
+        if candidate_inos(&node).next() == Some(ino) {
+            return Some(node);
+        }
+        pending.extend(config_children(ns, &node));
+    }
+    None
 }

@@ -2,7 +2,9 @@
 //! programs. Every daemon's log is checked for the secrets it was given.
 #![allow(dead_code)]
 
+pub mod podman;
 pub mod servers;
+pub mod token_servers;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -107,6 +109,51 @@ impl Daemon {
     /// Starts credfs through `wrapper` (a program and its arguments, such
     /// as setpriv dropping capabilities), with `env` added.
     pub fn spawn_wrapped(&mut self, wrapper: &[&str], env: &[(&str, &str)]) {
+        self.spawn_configured(wrapper, env, |_| {});
+    }
+
+    /// Starts credfs with the live connection `fd` in `LISTEN_FDS` under
+    /// `name`, as systemd restarts a unit whose store holds it.
+    pub fn spawn_adopting(&mut self, fd: std::os::fd::RawFd, name: &str, env: &[(&str, &str)]) {
+        let mut env = env.to_vec();
+        env.extend([("LISTEN_FDS", "1"), ("LISTEN_FDNAMES", name)]);
+        // LISTEN_PID is the daemon's own pid, known only once it runs.
+        let wrapper = ["sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""];
+        self.spawn_configured(&wrapper, &env, move |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on 3.
+            unsafe {
+                command.pre_exec(move || match libc::dup2(fd, 3) {
+                    3 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
+        });
+    }
+
+    /// Starts `credfs mount --takeover`: the running daemon hands the live
+    /// mount over and exits; its exit status is returned.
+    pub fn spawn_taking_over(&mut self, env: &[(&str, &str)]) -> ExitStatus {
+        let mut old = self.child.take().expect("a running daemon to take over");
+        self.spawn_configured(&[], env, |command| {
+            command.arg("--takeover");
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = old.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the old daemon did not leave");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn spawn_configured(
+        &mut self,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -130,6 +177,7 @@ impl Daemon {
         for (k, v) in env {
             command.env(k, v);
         }
+        configure(&mut command);
         let child = command.spawn().expect("spawn credfs");
         self.child = Some(child);
         let status = self.mnt.join("status.json");

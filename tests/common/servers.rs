@@ -117,14 +117,15 @@ fn build_image(dir: &Path) -> String {
     format!("oci:{layout}:latest")
 }
 
-/// The python with moto that tests/run.sh installs.
-fn moto_python() -> PathBuf {
+/// The venv python that tests/run.sh installs (moto, azure-storage-blob,
+/// cryptography).
+pub fn python() -> PathBuf {
     let python = std::env::var_os("CREDFS_MOTO_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/cache/credfs/venv/bin/python"));
     assert!(
         python.exists(),
-        "moto is not installed at {}: run tests/run.sh, which installs it",
+        "the test venv (moto, cryptography) is not installed at {}: run tests/run.sh, which installs it",
         python.display()
     );
     python
@@ -163,7 +164,7 @@ impl Moto {
         let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_ecr.py");
         let log_path = self.dir.path().join("moto.log");
         let log = fs::File::create(&log_path).expect("log");
-        let mut child = Command::new(moto_python())
+        let mut child = Command::new(python())
             .arg(launcher)
             .arg(self.port.to_string())
             .env(
@@ -347,7 +348,7 @@ impl Azurite {
                 "from azure.core.exceptions import ResourceExistsError\nfrom azure.storage.blob import BlobServiceClient\ntry:\n    BlobServiceClient.from_connection_string({:?}).create_container({container:?})\nexcept ResourceExistsError:\n    pass\n",
                 self.connection_string(AZURE_KEY)
             );
-            let out = run(&moto_python().to_string_lossy(), &["-c", &script]);
+            let out = run(&python().to_string_lossy(), &["-c", &script]);
             assert!(
                 out.status.success(),
                 "creating container {container}: {}",

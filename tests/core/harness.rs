@@ -145,7 +145,11 @@ impl Core {
         let opened = self.fs.open(ino, OpenFlags::default(), who).await?;
         let mut bytes = Vec::new();
         let outcome = loop {
-            match self.fs.read(opened.fh, bytes.len() as u64, 1000).await {
+            match self
+                .fs
+                .read(ino, opened.fh, bytes.len() as u64, 1000, who)
+                .await
+            {
                 Ok(chunk) if chunk.as_slice().is_empty() => break Ok(()),
                 Ok(chunk) => bytes.extend_from_slice(chunk.as_slice()),
                 Err(e) => break Err(e),
@@ -197,7 +201,7 @@ impl Core {
     pub async fn list(&self, path: &str, who: Caller) -> Result<Vec<String>> {
         let ino = self.lookup(path, who).await?.ino;
         let fh = self.fs.opendir(ino, who).await?;
-        let handle = self.fs.readdir(fh)?;
+        let handle = self.fs.readdir(ino, fh, who).await?;
         let names = match handle.as_ref() {
             Handle::Dir(entries) => entries.iter().skip(2).map(|e| e.name.clone()).collect(),
             _ => panic!("a directory handle"),

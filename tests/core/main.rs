@@ -3,6 +3,7 @@
 //! same rules through the kernel.
 
 mod access;
+mod adoption;
 mod archives;
 mod harness;
 mod registries;
