@@ -64,7 +64,10 @@ fn upload(daemon: &Daemon, src: &Path, name: &str) -> PathBuf {
 
 fn random_reads_match(daemon: &Daemon, src: &Path) {
     let zip = upload(daemon, src, "big.zip");
-    assert_eq!(random_reads(&mounted(daemon, "big.zip"), &zip, 4, 150), "ok");
+    assert_eq!(
+        random_reads(&mounted(daemon, "big.zip"), &zip, 4, 150),
+        "ok"
+    );
 }
 
 /// Replaced through the mount (a new upload to the name) while a handle
@@ -81,7 +84,11 @@ fn replaced_during_a_read(daemon: &Daemon, src: &Path) {
         seen == "old bytes" || seen == format!("errno {}", libc::EIO),
         "{seen}"
     );
-    assert_eq!(sha256(&target), sha256(&new), "a fresh open reads the new one");
+    assert_eq!(
+        sha256(&target),
+        sha256(&new),
+        "a fresh open reads the new one"
+    );
 }
 
 #[test]
@@ -118,7 +125,10 @@ fn an_s3_server_dying_mid_read_gives_eio_and_the_daemon_recovers() {
     let target = mounted(&daemon, "cut.zip");
     let seen = read_with_midway(&target, &zip, || server.stop());
     assert_eq!(seen, format!("errno {}", libc::EIO));
-    assert!(fs::read_dir(daemon.path("projects")).is_ok(), "the daemon is alive");
+    assert!(
+        fs::read_dir(daemon.path("projects")).is_ok(),
+        "the daemon is alive"
+    );
     server.restart();
     assert_eq!(sha256(&target), sha256(&zip));
 }

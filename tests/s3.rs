@@ -242,6 +242,42 @@ fn listing_renaming_and_deleting() {
     assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
 }
 
+/// A rename of an object over 5 GiB (CopyObject's limit) is a multipart
+/// copy: the object arrives whole, its 1 GiB ranges in order (a marker at
+/// each gigabyte tells them apart), and the old name is gone.
+#[test]
+fn an_object_over_five_gib_is_renamed_by_a_multipart_copy() {
+    let setup = start_with("max_object_size = \"6GiB\"", None);
+    let size: u64 = (5 << 30) + 1;
+    let source = setup.src.join("huge.zip");
+    let file = fs::File::create(&source).unwrap();
+    file.set_len(size).unwrap();
+    for gib in 0..=5u64 {
+        let at = (gib << 30).min(size - 8);
+        std::os::unix::fs::FileExt::write_all_at(&file, &(gib + 1).to_le_bytes(), at).unwrap();
+    }
+    drop(file);
+    setup.server.put(BUCKET, "huge.zip", &source);
+    fs::rename(setup.mounted("huge.zip"), setup.mounted("moved.zip")).unwrap();
+    assert!(!setup.server.object(BUCKET, "huge.zip").exists());
+    let out = run(
+        "cmp",
+        &[
+            &source.to_string_lossy(),
+            &setup.server.object(BUCKET, "moved.zip").to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        fs::metadata(setup.mounted("moved.zip")).unwrap().len(),
+        size
+    );
+}
+
 #[test]
 fn wrong_keys_are_eacces_with_a_clear_log_line_and_no_secret() {
     let setup = start_with("", Some("wrong-secret-key-77aa"));

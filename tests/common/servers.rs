@@ -275,7 +275,7 @@ impl S3Server {
             self.endpoint(),
             path.to_string_lossy()
         );
-        let out = Command::new(moto_python())
+        let out = Command::new(python())
             .args(["-c", &script])
             .env_remove("AWS_CA_BUNDLE")
             .stdin(Stdio::null())
