@@ -243,8 +243,9 @@ fn listing_renaming_and_deleting() {
 }
 
 /// A rename of an object over 5 GiB (CopyObject's limit) is a multipart
-/// copy: the object arrives whole, its 1 GiB ranges in order (a marker at
-/// each gigabyte tells them apart), and the old name is gone.
+/// copy (its ETag counts six parts of 1 GiB): the object arrives whole,
+/// its ranges in order (a marker at each gigabyte tells them apart), and
+/// the old name is gone.
 #[test]
 fn an_object_over_five_gib_is_renamed_by_a_multipart_copy() {
     let setup = start_with("max_object_size = \"6GiB\"", None);
@@ -275,6 +276,11 @@ fn an_object_over_five_gib_is_renamed_by_a_multipart_copy() {
     assert_eq!(
         fs::metadata(setup.mounted("moved.zip")).unwrap().len(),
         size
+    );
+    let etag = setup.server.etag(BUCKET, "moved.zip");
+    assert!(
+        etag.ends_with("-6\""),
+        "six copied parts, not one CopyObject: {etag}"
     );
 }
 

@@ -270,10 +270,26 @@ impl S3Server {
     /// multipart), so the server keeps what it computes for an upload (its
     /// ETag) as it would in production.
     pub fn put(&self, bucket: &str, key: &str, path: &Path) {
-        let script = format!(
-            "import boto3\nfrom botocore.config import Config\nfrom boto3.s3.transfer import TransferConfig\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id={S3_ACCESS_KEY:?}, aws_secret_access_key={S3_SECRET_KEY:?}, region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}, request_checksum_calculation='when_required', response_checksum_validation='when_required'))\ns3.upload_file({:?}, {bucket:?}, {key:?}, Config=TransferConfig(multipart_chunksize=8 << 20, max_concurrency=8))\n",
-            self.endpoint(),
+        self.boto3(&format!(
+            "s3.upload_file({:?}, {bucket:?}, {key:?}, Config=TransferConfig(multipart_chunksize=8 << 20, max_concurrency=8))",
             path.to_string_lossy()
+        ));
+    }
+
+    /// The ETag the server gives `bucket/key` (HeadObject), quotes and all.
+    pub fn etag(&self, bucket: &str, key: &str) -> String {
+        self.boto3(&format!(
+            "print(s3.head_object(Bucket={bucket:?}, Key={key:?})['ETag'])"
+        ))
+        .trim()
+        .to_string()
+    }
+
+    /// Runs `statement` with `s3`, a boto3 client of this server; its stdout.
+    fn boto3(&self, statement: &str) -> String {
+        let script = format!(
+            "import boto3\nfrom botocore.config import Config\nfrom boto3.s3.transfer import TransferConfig\ns3 = boto3.client('s3', endpoint_url={:?}, aws_access_key_id={S3_ACCESS_KEY:?}, aws_secret_access_key={S3_SECRET_KEY:?}, region_name='us-east-1', config=Config(s3={{'addressing_style': 'path'}}, request_checksum_calculation='when_required', response_checksum_validation='when_required'))\n{statement}\n",
+            self.endpoint(),
         );
         let out = Command::new(python())
             .args(["-c", &script])
@@ -283,9 +299,10 @@ impl S3Server {
             .expect("python");
         assert!(
             out.status.success(),
-            "uploading {key}: {}",
+            "{statement}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Where the server keeps `bucket/key` on disk.
