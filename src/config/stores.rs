@@ -26,6 +26,8 @@ const MAX_CONCURRENCY: i64 = 64;
 /// `read_concurrency` of them.
 const MIN_READ_PART_SIZE: u64 = 64 << 10;
 const MAX_READ_PART_SIZE: u64 = 1 << 30;
+/// Most bytes one open file's window may hold.
+const MAX_READ_WINDOW: u64 = 1 << 30;
 
 impl Checker<'_> {
     /// The spool directory, by default in the state directory; an error
@@ -228,11 +230,26 @@ impl Checker<'_> {
                 self.check(&v.span(), size)
             }
         };
-        Some(TransferConfig {
+        let transfer = TransferConfig {
             read_concurrency: read_concurrency?.unwrap_or(defaults.read_concurrency),
             read_part_size: read_part_size?,
             write_concurrency: write_concurrency?.unwrap_or(defaults.write_concurrency),
-        })
+        };
+        let window = transfer.read_part_size * transfer.read_concurrency as u64;
+        if window > MAX_READ_WINDOW {
+            let span = raw
+                .read_part_size
+                .as_ref()
+                .map(Spanned::span)
+                .or_else(|| raw.read_concurrency.as_ref().map(Spanned::span))
+                .unwrap_or_default();
+            self.error(
+                &span,
+                "read_concurrency x read_part_size must be at most 1GiB: each open file may hold that much",
+            );
+            return None;
+        }
+        Some(transfer)
     }
 
     /// A count of requests in flight, 1 to 64; `Some(None)` when not set.
@@ -339,6 +356,13 @@ mod tests {
         );
         assert!(
             e[2].starts_with("c.toml:7:18: read_part_size `2GiB` must be between 64KiB and 1GiB"),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{store}read_concurrency = 64\nread_part_size = \"32MiB\"\n"
+        ));
+        assert!(
+            e[0].starts_with("c.toml:6:18: read_concurrency x read_part_size must be at most 1GiB"),
             "{e:?}"
         );
         let e = errors(&format!("{store}read_part_size = \"lots\"\n"));

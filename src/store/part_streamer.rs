@@ -98,7 +98,12 @@ impl PartStreamer {
             loop {
                 let (index, offset) = streamed.next;
                 let end = offset.saturating_add(plan.len(index));
-                if stop.load(Ordering::Acquire) || size < end || !spool.log.hand_off(end) {
+                // A spoiled upload is thrown away at commit: send no more of it.
+                if stop.load(Ordering::Acquire)
+                    || spool.log.spoiled()
+                    || size < end
+                    || !spool.log.hand_off(end)
+                {
                     break;
                 }
                 let step = async {
@@ -145,10 +150,16 @@ impl PartStreamer {
     /// spool.
     pub async fn complete(mut self, size: u64) -> Result<bool> {
         let streamed = self.finish().await;
-        let Some(parts) = streamed.parts else {
+        let Some(mut parts) = streamed.parts else {
             return Ok(false);
         };
-        if streamed.failed.is_some() || self.spool.log.spoiled() || streamed.next.1 > size {
+        // A part that failed while the archive was written, noticed now or
+        // earlier, sends the caller to the spool alike.
+        let usable = streamed.failed.is_none()
+            && !self.spool.log.spoiled()
+            && streamed.next.1 <= size
+            && parts.settle().await.is_ok();
+        if !usable {
             parts.abort().await;
             return Ok(false);
         }

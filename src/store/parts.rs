@@ -54,6 +54,8 @@ pub struct ParallelParts {
     concurrency: usize,
     /// Most bytes in flight for a sink that buffers its parts.
     budget: Option<u64>,
+    /// Completed or aborted: nothing to clean up when dropped.
+    finished: bool,
 }
 
 impl ParallelParts {
@@ -73,6 +75,7 @@ impl ParallelParts {
             next_number: 1,
             concurrency,
             budget,
+            finished: false,
         }
     }
 
@@ -120,20 +123,27 @@ impl ParallelParts {
         Ok(())
     }
 
+    /// Waits for every part in flight; the first failure.
+    pub async fn settle(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.collect_one().await?;
+        }
+        Ok(())
+    }
+
     /// Waits for every part, then completes the upload; aborts it on any
     /// failure.
     pub async fn complete(mut self) -> Result<()> {
         let completed = async {
-            while !self.in_flight.is_empty() {
-                self.collect_one().await?;
-            }
+            self.settle().await?;
             let mut sent = std::mem::take(&mut self.sent);
             sent.sort_by_key(|part| part.number);
             self.sink.complete(sent).await
         }
         .await;
-        if completed.is_err() {
-            self.abort().await;
+        match completed {
+            Ok(()) => self.finished = true,
+            Err(_) => self.abort().await,
         }
         completed
     }
@@ -144,7 +154,37 @@ impl ParallelParts {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         self.sink.abort().await;
+        self.finished = true;
     }
+}
+
+impl Drop for ParallelParts {
+    /// A commit cancelled half-way (its future dropped) leaves no parts
+    /// stored: the upload is aborted in the background.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.in_flight.abort_all();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut sink = std::mem::replace(&mut self.sink, Box::new(Finished));
+            runtime.spawn(async move { sink.abort().await });
+        }
+    }
+}
+
+/// What a dropped upload leaves in place of its sink.
+struct Finished;
+
+#[async_trait]
+impl PartSink for Finished {
+    async fn part(&mut self, _: &Spooled, _: u32, _: Range<u64>) -> Result<PartFuture> {
+        Err(Error::provider("the upload is finished"))
+    }
+    async fn complete(&mut self, _: Vec<SentPart>) -> Result<()> {
+        Err(Error::provider("the upload is finished"))
+    }
+    async fn abort(&mut self) {}
 }
 
 #[cfg(test)]
@@ -267,5 +307,38 @@ mod tests {
         assert!(outcome.is_err());
         assert!(log.aborted);
         assert!(log.completed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_upload_dropped_half_way_is_aborted_and_a_finished_one_is_not() {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let sink = |log: &Arc<Mutex<Log>>| {
+            Box::new(Sink {
+                log: log.clone(),
+                buffers: false,
+                fail: None,
+            })
+        };
+        let mut parts = ParallelParts::new(sink(&log), 4, 10);
+        parts.send(&spool(), 0..10).await.expect("sent");
+        drop(parts);
+        for _ in 0..100 {
+            if log.lock().unwrap().aborted {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(log.lock().unwrap().aborted, "a dropped upload is aborted");
+
+        let log = Arc::new(Mutex::new(Log::default()));
+        let mut parts = ParallelParts::new(sink(&log), 4, 10);
+        parts.send(&spool(), 0..10).await.expect("sent");
+        parts.complete().await.expect("completed");
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let log = log.lock().unwrap();
+        assert_eq!(log.completed.len(), 1);
+        assert!(!log.aborted, "a completed upload is left alone");
     }
 }

@@ -243,13 +243,11 @@ impl Window {
         }
     }
 
-    /// Starts over at `offset`, keeping the buffers.
+    /// Starts over at `offset`. The buffers go too: a reader that jumps
+    /// about reads small ranges, and should not keep a whole window's
+    /// memory resident for them.
     fn restart(&mut self, offset: u64, tuning: &ReadTuning) {
-        let mut spare = std::mem::take(&mut self.spare);
-        spare.extend(self.fetches.drain(..).filter_map(Fetch::into_buffer));
-        spare.truncate(tuning.concurrency + 1);
         *self = Window::new(offset, tuning);
-        self.spare = spare;
     }
 
     /// First byte the window holds or will hold.
@@ -398,10 +396,19 @@ impl<S: RangeSource> ObjectReader for Prefetcher<S> {
         window.trim(offset, tuning);
         window.grow(offset, end, tuning);
         window.fill(&self.source, (offset, end), self.info.size, tuning);
-        let read = window.copy(offset, end).await;
+        let mut read = window.copy(offset, end).await;
         if read.is_err() {
-            // The next read asks again, from where it reads.
+            // A range fetched ahead may have failed while nobody waited for
+            // it (a connection reset mid-body): ask once more, from here,
+            // before the reader sees EIO. Each range is pinned to the
+            // version, so this never mixes two.
             window.restart(offset, tuning);
+            window.fill(&self.source, (offset, end), self.info.size, tuning);
+            read = window.copy(offset, end).await;
+            if read.is_err() {
+                // The next read asks again, from where it reads.
+                window.restart(offset, tuning);
+            }
         }
         read
     }

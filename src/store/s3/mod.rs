@@ -314,7 +314,10 @@ impl ProjectStore for S3Store {
             .ok_or_else(|| Error::not_found(what.clone()))?;
         let size = listed.size().unwrap_or(0).max(0) as u64;
         if s3_copy_in_parts(size) {
-            let etag = listed.e_tag().map(str::to_string);
+            // Minutes of copying: every range must come from one version.
+            let etag = listed.e_tag().map(str::to_string).ok_or_else(|| {
+                Error::provider(format!("{what}: no ETag to pin a copy in parts to"))
+            })?;
             self.bucket(bucket)
                 .copy_in_parts(&source, &target, size, etag)
                 .await?;

@@ -38,7 +38,7 @@ impl S3Bucket {
         }
     }
 
-    /// Copies `source` (`size` bytes, of version `etag` when known) to
+    /// Copies `source` (`size` bytes, of version `etag`) to
     /// `target` in UploadPartCopy ranges, several at once: CopyObject takes
     /// at most 5 GiB.
     pub(super) async fn copy_in_parts(
@@ -46,7 +46,7 @@ impl S3Bucket {
         source: &str,
         target: &str,
         size: u64,
-        etag: Option<String>,
+        etag: String,
     ) -> Result<()> {
         let sink = self.parts(target).begin().await?;
         let copier = Copier {
@@ -194,7 +194,8 @@ struct Copier {
     upload_id: String,
     /// `bucket/key`, percent-encoded.
     source: String,
-    etag: Option<String>,
+    /// The source's version: each range must come from it.
+    etag: String,
 }
 
 impl Copier {
@@ -208,7 +209,7 @@ impl Copier {
             .part_number(number as i32)
             .copy_source(&self.source)
             .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
-            .set_copy_source_if_match(self.etag.clone());
+            .copy_source_if_match(&self.etag);
         let what = format!("s3://{}/{}", self.bucket, self.key);
         Box::pin(async move {
             let copied = request

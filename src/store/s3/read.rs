@@ -84,15 +84,27 @@ impl S3Object {
             Err(e) => return Err(s3_error("GetObject", &self.describe(), e)),
         };
         let length = object.content_length().unwrap_or(0).max(0) as u64;
-        let size = match object.content_range().and_then(parse_content_range) {
-            Some((_, total)) => total,
+        // No Content-Range: the whole object (a server that ignores Range,
+        // or the plain GET of an empty one).
+        let size = match object.content_range() {
             None => length,
+            Some(value) => match parse_content_range(value) {
+                Some((0, total)) => total,
+                _ => {
+                    return Err(Error::provider(format!(
+                        "{}: GetObject answered the first range with Content-Range `{value}`",
+                        self.describe()
+                    )));
+                }
+            },
         };
         Ok(Opened {
             etag: object.e_tag().map(str::to_string),
             size,
             modified: modified(object.last_modified()),
-            first_end: length,
+            // Only the first range is kept from this body, whatever the
+            // server sent: the rest comes through the window.
+            first_end: length.min(first.max(1)),
             body: Self::chunks(object.body, self.describe()),
         })
     }
