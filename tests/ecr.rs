@@ -130,9 +130,11 @@ fn tokens_are_refreshed_before_expiry_without_a_reader_waiting() {
         SystemTime::now() < first,
         "refreshed before the first token expired"
     );
+    // Generous: the call is counted when moto receives it, and a loaded
+    // machine (the 5 GiB copy test beside this one) slows what follows.
     wait_for(
         "the new expiry to be served",
-        Duration::from_secs(2),
+        Duration::from_secs(6),
         || expires_at(&daemon) > first,
     );
 }

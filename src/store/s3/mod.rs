@@ -315,7 +315,21 @@ impl ProjectStore for S3Store {
         let size = listed.size().unwrap_or(0).max(0) as u64;
         if s3_copy_in_parts(size) {
             // Minutes of copying: every range must come from one version.
-            let etag = listed.e_tag().map(str::to_string).ok_or_else(|| {
+            // Some S3-compatibles (s3s-fs) list no ETags; a HEAD has one.
+            let etag = match listed.e_tag() {
+                Some(etag) => Some(etag.to_string()),
+                None => self
+                    .client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(&source)
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("HeadObject", &what, e))?
+                    .e_tag()
+                    .map(str::to_string),
+            };
+            let etag = etag.ok_or_else(|| {
                 Error::provider(format!("{what}: no ETag to pin a copy in parts to"))
             })?;
             self.bucket(bucket)
