@@ -403,13 +403,7 @@ impl PartSink for BlockSink {
         number: u32,
         range: Range<u64>,
     ) -> Result<PartFuture> {
-        let file = spool.file.clone();
-        let length = range.end - range.start;
-        let bytes =
-            super::blocking(move || super::spool::read_full_at(&file, range.start, length)).await?;
-        if bytes.len() as u64 != length {
-            return Err(Error::provider("the upload spool ended early"));
-        }
+        let bytes = read_block(spool, range).await?;
         let staged = self.upload.put_part(PutPayload::from(bytes));
         let what = self.what.clone();
         Ok(Box::pin(async move {
