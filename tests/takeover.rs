@@ -461,3 +461,21 @@ fn read_from_clones_a_request_in_flight_at_a_crash_fails_instead_of_hanging() {
         "before the helper would answer: {took:?}"
     );
 }
+
+/// A descriptor in `LISTEN_FDS` that is not /dev/fuse (here a socket whose
+/// other end could write forged requests) is never adopted: the daemon
+/// mounts afresh and serves.
+#[test]
+fn a_descriptor_that_is_not_dev_fuse_is_never_adopted() {
+    let mut daemon = Daemon::prepare(CONFIG);
+    daemon.secret(TOKEN);
+    let (ours, _forger) = std::os::unix::net::UnixStream::pair().unwrap();
+    daemon.spawn_adopting(ours.as_raw_fd(), "fuse-7", &[]);
+    assert_eq!(
+        fs::read(daemon.path("registries/x/token")).unwrap(),
+        TOKEN.as_bytes()
+    );
+    let log = daemon.log();
+    assert!(log.contains("mounted"), "{log}");
+    assert!(!log.contains("adopted the live mount"), "{log}");
+}

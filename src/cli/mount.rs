@@ -153,13 +153,19 @@ fn keep_memory_private() {
 /// of 4 MiB and more (the range buffers of a reader's window) are mapped
 /// on their own and unmapped when freed: with glibc's sliding threshold
 /// they would come from the arenas after the first was freed, and a 1 GiB
-/// read left 157 MiB behind instead of its 64 MiB window. Set before any
-/// thread starts.
+/// read left 157 MiB behind instead of its 64 MiB window. Setting that
+/// threshold also fixes the trim threshold at 128 KiB: every free of a
+/// 1 MiB request buffer at the top of the heap then shrank it (a TLB
+/// shootdown on every core) and the next one faulted its pages back in,
+/// the largest cost of a FUSE write stream. Up to 8 MiB free at the top
+/// stays; idle uploads still return everything (`malloc_trim`). Set before
+/// any thread starts.
 fn keep_memory_bounded() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator; called before other threads.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }

@@ -38,7 +38,24 @@ fn check_url(value: &str) -> Result<String, String> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(invalid());
     }
+    if url.scheme() == "http" && !stays_on_this_host(&url) {
+        return Err(format!(
+            "`{value}` is plain http: client secrets and tokens would cross the network in clear; use https (http only for loopback and link-local addresses such as a metadata service)"
+        ));
+    }
     Ok(value.trim_end_matches('/').to_string())
+}
+
+/// Loopback, and the link-local addresses metadata services answer on:
+/// where plain http never leaves the machine.
+fn stays_on_this_host(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback() || ip.is_link_local(),
+        Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 /// `host[:port]`, as `GCE_METADATA_HOST` takes it.

@@ -37,9 +37,18 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    /// The epoch of this daemon's handles: never the one before's.
+    /// The epoch of this daemon's handles: never the one before's, and not
+    /// simply the next number either. A daemon that died before it could
+    /// store its own epoch gave out handles under the next number; a new
+    /// one taking it again would take those handles (another caller's
+    /// files) for its own.
     pub fn next_epoch(&self) -> u16 {
-        self.epoch.wrapping_add(1).max(1)
+        let fresh = fresh_epoch();
+        if fresh == self.epoch {
+            fresh.wrapping_add(1).max(1)
+        } else {
+            fresh
+        }
     }
 }
 
@@ -75,28 +84,54 @@ pub fn from_systemd() -> Option<Inherited> {
         unsafe { std::env::remove_var(variable) };
     }
     if pid.parse() != Ok(std::process::id()) {
+        // Meant for another process (a wrapper that forked): not ours to
+        // take or close, but no helper program may inherit them either.
+        for fd in 3..3 + count.clamp(0, 64) {
+            // SAFETY: only the descriptor flags change; the descriptor is
+            // neither owned nor closed here.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            if let Ok(flags) = rustix::io::fcntl_getfd(fd) {
+                let _ = rustix::io::fcntl_setfd(fd, flags | rustix::io::FdFlags::CLOEXEC);
+            }
+        }
         return None;
     }
     let mut names = names.split(':');
     let mut found = None;
     for fd in 3..3 + count.clamp(0, 64) {
-        // SAFETY: systemd passed descriptors 3.. to this process; each is
-        // owned here, once.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let Ok(flags) = rustix::io::fcntl_getfd(&owned) else {
+        // SAFETY: only looked at: a descriptor systemd said it passed but
+        // that is not open is not taken (closing it would abort).
+        let Ok(flags) = rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(fd) }) else {
             continue;
         };
+        // SAFETY: systemd passed descriptors 3.. to this process, and this
+        // one is open; each is owned here, once.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let _ = rustix::io::fcntl_setfd(&owned, flags | rustix::io::FdFlags::CLOEXEC);
         let epoch = names
             .next()
             .and_then(|name| name.strip_prefix(NAME_PREFIX))
             .and_then(|epoch| epoch.parse().ok());
         match (epoch, &found) {
-            (Some(epoch), None) => found = Some(Inherited { fd: owned, epoch }),
+            (Some(epoch), None) if is_fuse_device(owned.as_fd()) => {
+                found = Some(Inherited { fd: owned, epoch })
+            }
             _ => drop(owned),
         }
     }
     found
+}
+
+/// Whether `fd` is open on /dev/fuse (character device 10:229): anything
+/// else passed as "the connection" would let its sender forge requests.
+pub fn is_fuse_device(fd: BorrowedFd<'_>) -> bool {
+    const FUSE_MAJOR: u32 = 10;
+    const FUSE_MINOR: u32 = 229;
+    rustix::fs::fstat(fd).is_ok_and(|stat| {
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::CharacterDevice
+            && rustix::fs::major(stat.st_rdev) == FUSE_MAJOR
+            && rustix::fs::minor(stat.st_rdev) == FUSE_MINOR
+    })
 }
 
 /// Asks the kernel to queue again, first, every request the dead daemon
@@ -199,6 +234,19 @@ pub async fn request(mountpoint: &Path) -> io::Result<(Inherited, Successor)> {
             format!("no credfs daemon to take over at {}: {e}", path.display()),
         )
     })?;
+    // Whoever answers is handed our requests' callers: only a daemon of
+    // our own uid may.
+    let peer = stream.peer_cred()?;
+    if peer.uid() != crate::trust::euid() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is served by uid {}, not this user: refusing its descriptor",
+                path.display(),
+                peer.uid()
+            ),
+        ));
+    }
     stream.write_all(REQUEST).await?;
     let (payload, fd) = tokio::time::timeout(HANDOVER_WAIT, recv_fd(&stream))
         .await
@@ -211,6 +259,12 @@ pub async fn request(mountpoint: &Path) -> io::Result<(Inherited, Successor)> {
         .and_then(|epoch| epoch.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a malformed handover"))?;
     let fd = fd.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no descriptor came"))?;
+    if !is_fuse_device(fd.as_fd()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the descriptor handed over is not /dev/fuse",
+        ));
+    }
     Ok((Inherited { fd, epoch }, Successor(stream)))
 }
 

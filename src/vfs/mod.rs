@@ -466,7 +466,10 @@ impl CredFs {
     /// This daemon's handle for `fh`: `fh` itself, or for a reader of the
     /// daemon before this one (an adopted connection) a handle opened again
     /// by its inode, as the process now asking, the first time it is used.
-    /// A writer of the daemon before fails: its upload went with it.
+    /// A writer of the daemon before fails: its upload went with it. So does
+    /// a reader of a file rendered for each caller (`docker/config.json`):
+    /// reopened as whoever reads first, a descriptor one user handed to
+    /// another would show the second user's credentials.
     async fn own_handle(&self, ino: u64, fh: u64, caller: Caller) -> Result<u64> {
         match self.handles.foreign(fh) {
             None => Ok(fh),
@@ -475,7 +478,14 @@ impl CredFs {
                 if let Some(ours) = self.handles.adopted(fh) {
                     return Ok(ours);
                 }
-                let ours = match self.node(ino)?.is_dir() {
+                let node = self.node(ino)?;
+                if node.is_per_caller() {
+                    return Err(Error::provider(format!(
+                        "{} was opened before the daemon was replaced; open it again",
+                        node.path()
+                    )));
+                }
+                let ours = match node.is_dir() {
                     true => self.opendir(ino, caller).await?,
                     false => self.open(ino, OpenFlags::default(), caller).await?.fh,
                 };

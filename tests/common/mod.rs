@@ -121,11 +121,19 @@ impl Daemon {
         let wrapper = ["sh", "-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""];
         self.spawn_configured(&wrapper, &env, move |command| {
             use std::os::unix::process::CommandExt;
-            // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on 3.
+            // SAFETY: dup2 and fcntl are async-signal-safe. dup2 clears
+            // close-on-exec on 3, except when `fd` is 3 already (then it
+            // does nothing, and fcntl must).
             unsafe {
-                command.pre_exec(move || match libc::dup2(fd, 3) {
-                    3 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
+                command.pre_exec(move || {
+                    let done = match fd {
+                        3 => libc::fcntl(3, libc::F_SETFD, 0),
+                        _ => libc::dup2(fd, 3) - 3,
+                    };
+                    match done {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
                 });
             }
         });

@@ -78,3 +78,24 @@ async fn a_writers_handle_fails_at_its_next_write_and_close() {
     assert_eq!(closed.map_err(|e| e.errno()), Err(libc::EIO));
     core.fs.release(writer.fh).await;
 }
+
+#[tokio::test]
+async fn a_readers_handle_of_a_file_rendered_per_caller_is_not_reopened() {
+    let core = Core::start().await;
+    core.fs.set_handle_epoch(1);
+    let ino = core.lookup("docker/config.json", OWNER).await.unwrap().ino;
+    let theirs = core
+        .fs
+        .open(ino, OpenFlags::default(), OWNER)
+        .await
+        .unwrap()
+        .fh;
+    core.fs.set_handle_epoch(2);
+    // Whoever holds the descriptor now would see their own credentials
+    // through it: EIO, for every caller, the owner too.
+    for caller in [OTHER, OWNER] {
+        let read = core.fs.read(ino, theirs, 0, 100, caller).await;
+        assert_eq!(read.map(|_| ()).map_err(|e| e.errno()), Err(libc::EIO));
+    }
+    core.fs.release(theirs).await;
+}

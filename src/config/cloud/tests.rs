@@ -149,7 +149,7 @@ fn bad_gcp_keys_are_refused_without_quoting_them() {
 #[test]
 fn gcp_keys_that_contradict_the_source_are_refused_with_their_place() {
     let e = errors(
-        "[registries.g]\nprovider = \"gcp\"\nregistry = \"gcr.io\"\ntoken_uri = \"http://t/token\"\n",
+        "[registries.g]\nprovider = \"gcp\"\nregistry = \"gcr.io\"\ntoken_uri = \"https://t/token\"\n",
     );
     assert_eq!(
         e,
@@ -365,4 +365,31 @@ fn an_untrusted_federated_token_file_is_refused() {
         "{e:?}"
     );
     let _ = fs::remove_dir_all(dir);
+}
+
+#[test]
+fn token_endpoints_in_plain_http_are_refused_unless_they_stay_on_this_host() {
+    let acr = "[registries.a]\nprovider = \"acr\"\nregistry = \"r.azurecr.io\"\n";
+    let e = errors(&format!(
+        "{acr}managed_identity = true\nexchange_url = \"http://r.azurecr.io/oauth2/exchange\"\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("c.toml:5:16: `http://r.azurecr.io/oauth2/exchange` is plain http"),
+        "{e:?}"
+    );
+    for local in [
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+        "http://[::1]:9",
+        "http://169.254.169.254",
+    ] {
+        assert!(
+            check_url(local).is_ok(),
+            "{local} stays on this host: {:?}",
+            check_url(local)
+        );
+    }
+    assert!(check_url("http://10.0.0.1/token").is_err());
+    assert!(check_url("https://login.example.com").is_ok());
 }
