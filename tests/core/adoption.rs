@@ -31,15 +31,7 @@ async fn a_new_daemon_knows_the_numbers_the_old_one_gave_out() {
 
 #[tokio::test]
 async fn a_readers_handle_is_reopened_by_inode_as_the_process_asking() {
-    let core = Core::start().await;
-    core.fs.set_handle_epoch(1);
-    let ino = core.lookup("secrets/app/key", OWNER).await.unwrap().ino;
-    let theirs = core
-        .fs
-        .open(ino, OpenFlags::default(), OWNER)
-        .await
-        .unwrap()
-        .fh;
+    let (core, ino, theirs) = opened_by_the_daemon_before("secrets/app/key").await;
     let dir = core.lookup("registries", OWNER).await.unwrap().ino;
     let their_dir = core.fs.opendir(dir, OWNER).await.unwrap();
     // The daemon is replaced: a new epoch.
@@ -81,15 +73,7 @@ async fn a_writers_handle_fails_at_its_next_write_and_close() {
 
 #[tokio::test]
 async fn a_readers_handle_of_a_file_rendered_per_caller_is_not_reopened() {
-    let core = Core::start().await;
-    core.fs.set_handle_epoch(1);
-    let ino = core.lookup("docker/config.json", OWNER).await.unwrap().ino;
-    let theirs = core
-        .fs
-        .open(ino, OpenFlags::default(), OWNER)
-        .await
-        .unwrap()
-        .fh;
+    let (core, ino, theirs) = opened_by_the_daemon_before("docker/config.json").await;
     core.fs.set_handle_epoch(2);
     // Whoever holds the descriptor now would see their own credentials
     // through it: EIO, for every caller, the owner too.
@@ -98,4 +82,14 @@ async fn a_readers_handle_of_a_file_rendered_per_caller_is_not_reopened() {
         assert_eq!(read.map(|_| ()).map_err(|e| e.errno()), Err(libc::EIO));
     }
     core.fs.release(theirs).await;
+}
+
+/// A core serving handles of epoch 1, and `path` opened by its owner under
+/// that epoch: its inode and handle.
+async fn opened_by_the_daemon_before(path: &str) -> (Core, u64, u64) {
+    let core = Core::start().await;
+    core.fs.set_handle_epoch(1);
+    let ino = core.lookup(path, OWNER).await.unwrap().ino;
+    let opened = core.fs.open(ino, OpenFlags::default(), OWNER).await;
+    (core, ino, opened.unwrap().fh)
 }

@@ -88,14 +88,7 @@ async fn wait_for_parts(log: &Arc<Mutex<Log>>, count: usize) {
 
 #[tokio::test]
 async fn parts_go_while_written_and_the_rest_at_commit() {
-    let spool = spool();
-    let log = Arc::new(Mutex::new(Log::default()));
-    let streamer = PartStreamer::start(
-        Arc::new(Sinks(log.clone())),
-        spool.clone(),
-        PartPlan::fixed(4),
-        2,
-    );
+    let (spool, log, streamer) = streaming();
     write(&spool, 0, b"abcdefghij");
     wait_for_parts(&log, 2).await;
     assert!(!log.lock().unwrap().completed);
@@ -109,14 +102,7 @@ async fn parts_go_while_written_and_the_rest_at_commit() {
 
 #[tokio::test]
 async fn a_write_into_a_part_already_sent_spoils_the_upload() {
-    let spool = spool();
-    let log = Arc::new(Mutex::new(Log::default()));
-    let streamer = PartStreamer::start(
-        Arc::new(Sinks(log.clone())),
-        spool.clone(),
-        PartPlan::fixed(4),
-        2,
-    );
+    let (spool, log, streamer) = streaming();
     write(&spool, 0, b"abcdefghij");
     wait_for_parts(&log, 2).await;
     write(&spool, 1, b"X");
@@ -128,14 +114,7 @@ async fn a_write_into_a_part_already_sent_spoils_the_upload() {
 
 #[tokio::test]
 async fn a_part_waits_for_a_write_still_running_below_its_end() {
-    let spool = spool();
-    let log = Arc::new(Mutex::new(Log::default()));
-    let streamer = PartStreamer::start(
-        Arc::new(Sinks(log.clone())),
-        spool.clone(),
-        PartPlan::fixed(4),
-        2,
-    );
+    let (spool, log, streamer) = streaming();
     let slow = spool.log.begin(2);
     write(&spool, 0, b"ab\0\0efghij");
     tokio::time::sleep(Duration::from_millis(120)).await;
@@ -145,4 +124,17 @@ async fn a_part_waits_for_a_write_still_running_below_its_end() {
     wait_for_parts(&log, 2).await;
     assert!(streamer.complete(10).await.unwrap());
     assert_eq!(joined(&log.lock().unwrap()), b"abcdefghij");
+}
+
+/// A spool whose parts of 4 bytes stream, 2 at once, to a logging sink.
+fn streaming() -> (Spooled, Arc<Mutex<Log>>, PartStreamer) {
+    let spool = spool();
+    let log = Arc::new(Mutex::new(Log::default()));
+    let streamer = PartStreamer::start(
+        Arc::new(Sinks(log.clone())),
+        spool.clone(),
+        PartPlan::fixed(4),
+        2,
+    );
+    (spool, log, streamer)
 }
