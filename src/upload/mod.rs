@@ -185,14 +185,26 @@ impl Uploads {
     /// With no upload in flight, the buffers of the last ones (parts of up
     /// to part_size, 1 MiB writes) are given back to the system: glibc keeps
     /// freed memory in its arenas otherwise, and a burst of uploads would
-    /// set the daemon's RSS for good.
+    /// set the daemon's RSS for good. The trim walks every arena (a fraction
+    /// of a millisecond, more under load), so it runs beside the reply, not
+    /// before it; a burst of commits queues one.
     fn return_memory_if_idle(&self) {
-        if self.files().is_empty() {
+        static QUEUED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        use std::sync::atomic::Ordering;
+        if !self.files().is_empty() || QUEUED.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let trim = || {
+            QUEUED.store(false, Ordering::Release);
             #[cfg(target_env = "gnu")]
             // SAFETY: malloc_trim only releases free heap memory.
             unsafe {
                 libc::malloc_trim(0);
             }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(trim)),
+            Err(_) => trim(),
         }
     }
 
