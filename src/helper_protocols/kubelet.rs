@@ -6,8 +6,9 @@
 
 use super::{auth_json, fail, read_auth, registries};
 use crate::registry::matching;
-use serde_json::{Map, Value, json};
-use std::io::Read;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -32,11 +33,25 @@ struct Request {
     image: String,
 }
 
+/// The fields read from a request. Anything else, the service-account
+/// token above all, is skipped while parsing and never copied out of the
+/// (wiped) request text.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct RawRequest {
+    kind: Option<Value>,
+    #[serde(rename = "apiVersion")]
+    api_version: Option<Value>,
+    image: Option<Value>,
+}
+
 fn parse_request(text: &[u8]) -> Result<Request, String> {
-    let value: Value = serde_json::from_slice(text)
+    let raw: RawRequest = serde_json::from_slice(text)
         .map_err(|e| format!("the request on stdin is not JSON: {e}"))?;
-    let field = |key: &str| value.get(key).and_then(Value::as_str);
-    match field("kind") {
+    fn field(value: &Option<Value>) -> Option<&str> {
+        value.as_ref().and_then(Value::as_str)
+    }
+    match field(&raw.kind) {
         Some("CredentialProviderRequest") => {}
         Some(other) => {
             return Err(format!(
@@ -45,14 +60,14 @@ fn parse_request(text: &[u8]) -> Result<Request, String> {
         }
         None => return Err("the request has no kind".into()),
     }
-    let api_version = field("apiVersion").ok_or("the request has no apiVersion")?;
+    let api_version = field(&raw.api_version).ok_or("the request has no apiVersion")?;
     if !API_VERSIONS.contains(&api_version) {
         return Err(format!(
             "apiVersion {api_version:?} is not one of {}",
             API_VERSIONS.join(", ")
         ));
     }
-    let image = field("image")
+    let image = field(&raw.image)
         .map(str::trim)
         .filter(|image| !image.is_empty())
         .ok_or("the request has no image")?;
@@ -89,52 +104,86 @@ fn cache_duration(expires_at: Option<&str>, now: SystemTime) -> Duration {
         })
 }
 
+/// A `CredentialProviderResponse`, borrowing the credential: serialized
+/// straight into wiped memory, never held in a `serde_json::Value`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    kind: &'static str,
+    api_version: &'a str,
+    cache_key_type: &'static str,
+    cache_duration: String,
+    auth: BTreeMap<&'a str, AuthConfig<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct AuthConfig<'a> {
+    username: &'a str,
+    password: &'a str,
+}
+
 /// The answer for `request`, from the registries this process may read
-/// under `mount`. No registry for the image, or an open one: no auth, and
-/// nothing cached, so that a registry added to the config counts at once.
-fn respond(request: &Request, mount: &Path, now: SystemTime) -> Result<Zeroizing<String>, String> {
+/// under `mount`, with a newline. No registry for the image, or an open
+/// one: no auth, and nothing cached, so that a registry added to the config
+/// counts at once.
+fn respond(request: &Request, mount: &Path, now: SystemTime) -> Result<Zeroizing<Vec<u8>>, String> {
     let found = registries(mount)?;
-    let mut auth = Map::new();
-    let mut cache_key_type = "Registry";
-    let mut cache_for = Duration::ZERO;
-    if let Some(name) = matching::best_for_image(&request.image, &found) {
-        let found = read_auth(&auth_json(mount, name))?;
-        if !(found.username.is_empty() && found.password.is_empty()) {
-            if !matching::registry_location(&found.registry).path.is_empty() {
-                cache_key_type = "Image";
-            }
-            cache_for = cache_duration(found.expires_at.as_deref(), now);
-            auth.insert(
-                found.registry.clone(),
-                json!({ "username": *found.username, "password": *found.password }),
-            );
+    let credential = match matching::best_for_image(&request.image, &found) {
+        Some(name) => Some(read_auth(&auth_json(mount, name))?),
+        None => None,
+    };
+    let mut response = Response {
+        kind: "CredentialProviderResponse",
+        api_version: &request.api_version,
+        cache_key_type: "Registry",
+        cache_duration: go_duration(Duration::ZERO),
+        auth: BTreeMap::new(),
+    };
+    let mut room = 1024 + request.api_version.len();
+    if let Some(found) = credential
+        .as_ref()
+        .filter(|f| !(f.username.is_empty() && f.password.is_empty()))
+    {
+        if !matching::registry_location(&found.registry).path.is_empty() {
+            response.cache_key_type = "Image";
         }
+        response.cache_duration = go_duration(cache_duration(found.expires_at.as_deref(), now));
+        response.auth.insert(
+            &found.registry,
+            AuthConfig {
+                username: &found.username,
+                password: &found.password,
+            },
+        );
+        // JSON escaping at most sextuples a byte.
+        room += 6 * (found.registry.len() + found.username.len() + found.password.len());
     }
-    let response = json!({
-        "kind": "CredentialProviderResponse",
-        "apiVersion": request.api_version,
-        "cacheKeyType": cache_key_type,
-        "cacheDuration": go_duration(cache_for),
-        "auth": Value::Object(auth),
-    });
-    Ok(Zeroizing::new(response.to_string()))
+    // Sized once so that growing never leaves a copy behind in freed memory.
+    let mut text = Zeroizing::new(Vec::with_capacity(room));
+    serde_json::to_writer(&mut *text, &response)
+        .map_err(|e| format!("cannot write the response: {e}"))?;
+    text.push(b'\n');
+    Ok(text)
 }
 
 /// `credfs kubelet-credential-provider`, also run as `credfs-kubelet-provider`.
 /// Exit 0 with a response (an empty `auth` when nothing matches); exit 1
 /// with one line on stderr for a malformed request or an unreadable tree.
 pub fn run(mount: &Path) -> ExitCode {
-    let mut text = Zeroizing::new(Vec::new());
+    // Room for the largest request read, so that no copy of the token is
+    // left behind by a growing buffer.
+    let mut text = Zeroizing::new(Vec::with_capacity(MAX_REQUEST as usize + 1));
     if let Err(e) = std::io::stdin().take(MAX_REQUEST).read_to_end(&mut text) {
         return fail(&format!("cannot read the request from stdin: {e}"));
     }
     let answer =
         parse_request(&text).and_then(|request| respond(&request, mount, SystemTime::now()));
     match answer {
-        Ok(response) => {
-            println!("{}", *response);
-            ExitCode::SUCCESS
-        }
+        // One write of whole lines goes past stdout's buffer.
+        Ok(response) => match std::io::stdout().lock().write_all(&response) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("cannot write the response: {e}")),
+        },
         Err(message) => fail(&message),
     }
 }
